@@ -1,0 +1,28 @@
+"""Shared fixtures: the implementation switch for exercises, and a small shapes set."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser):
+    parser.addoption("--impl", choices=["reference", "exercises"], default=os.environ.get("TUTORIAL_IMPL", "reference"),
+                     help="test the package's reference bodies (default) or your exercises/ (TUTORIAL_IMPL)")
+
+
+@pytest.fixture(scope="session")
+def impl(request) -> str:
+    return request.config.getoption("--impl")
+
+
+@pytest.fixture(scope="session")
+def small_shapes(tmp_path_factory) -> Path:
+    """A small shapes set (64 train, 16 val images), generated once per test session."""
+    from tutorial.shapes import ShapesConfig, generate
+
+    root = tmp_path_factory.mktemp("shapes")
+    return generate(root, ShapesConfig(num_train=64, num_val=16), workers=1, progress=False)

@@ -1,0 +1,78 @@
+"""The training loop: checkpoints, resume, metrics, the schedule, and two-process DDP on the CPU."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tutorial.checkpoint import load_model
+from tutorial.train import TrainConfig, lr_factor, train
+
+from .test_bad_input import tiny_train_config
+
+
+def test_train_writes_checkpoint_and_metrics_and_resumes(small_shapes, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_train_config(small_shapes, out, epochs=1))
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0]
+    for key in ("train_time", "lr", "loss", "loss_ce", "loss_giou", "AP", "AP50", "AP75", "APs", "APm", "APl"):
+        assert key in lines[0]
+    model = load_model(out / "checkpoint.pt")
+    assert model.preset == "detr_tiny" and not model.training
+
+    train(tiny_train_config(small_shapes, out, epochs=3, resume=True))
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1, 2]
+    assert lines[2]["train_time"] > lines[0]["train_time"]
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 2
+
+
+def test_resume_refuses_a_different_model(small_shapes, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_train_config(small_shapes, out))
+    cfg = tiny_train_config(small_shapes, out, epochs=2, resume=True)
+    cfg.model_overrides = {**cfg.model_overrides, "num_queries": 9}
+    with pytest.raises(ValueError, match=r"cannot resume.*num_queries: 15 \(checkpoint\) != 9"):
+        train(cfg)
+
+
+def test_max_train_time_stops_early(small_shapes, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_train_config(small_shapes, out, epochs=50, max_train_time=0.01))
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(epochs=10, warmup_iters=5)
+    assert lr_factor(cfg, 0, 100) == pytest.approx(0.2)
+    assert lr_factor(cfg, 100, 100) == 1.0 and lr_factor(cfg, 6 * 100, 100) == 0.1  # drop at 2/3
+    cos = TrainConfig(epochs=10, schedule="cosine")
+    assert lr_factor(cos, 0, 100) == pytest.approx(1.0) and lr_factor(cos, 1000, 100) == pytest.approx(0.01)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_stay_in_sync(small_shapes, tmp_path):
+    """torchrun with 2 processes (gloo): after training, both replicas hold identical weights,
+    and they moved away from the initial ones."""
+    worker = Path(__file__).with_name("ddp_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(worker), str(small_shapes), str(tmp_path)]
+    subprocess.run(cmd, check=True, timeout=600, capture_output=True)
+    r0 = torch.load(tmp_path / "rank0.pt")
+    r1 = torch.load(tmp_path / "rank1.pt")
+    assert r0.keys() == r1.keys()
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    torch.manual_seed(1)  # the workers' seed (1 + rank 0): rebuild the initial weights
+    from tutorial import build_model
+    from .test_bad_input import TINY
+
+    init = build_model("detr_tiny", **TINY).state_dict()
+    assert any(not torch.equal(init[k], r0[k]) for k in r0 if init[k].is_floating_point())
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # only rank 0 writes

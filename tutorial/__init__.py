@@ -1,0 +1,16 @@
+"""detr-tutorial: the DETR family of object detectors, built step by step.
+
+Shape glossary, used in every shape comment of the package:
+
+    B  batch                      Q  queries (object slots)       C  model width (channels)
+    H, W  feature-map height/width N  tokens (N = H·W, or Σ_l H_l·W_l)
+    M  attention heads            L  feature levels (or layers, where said)
+    P  sampling points per level  K  classes (+1 for "no object" where softmax is used)
+    D  SSM state size             n  ground-truth boxes in an image
+
+Start with `build_model(name)` / `list_models()`; the notebooks in `notebooks/` walk through
+each model in order.
+"""
+from .models import build_model, list_models  # noqa: F401
+
+__version__ = "0.1.0"

@@ -1,0 +1,213 @@
+"""Checkers for the exercises: each runs a candidate function against an independent oracle,
+prints the largest difference and raises `AssertionError` with a readable message if wrong.
+
+The oracles are not the package's own functions: `torchvision.ops` for boxes, brute force over
+all permutations for matching, explicit per-element loops for the encodings and the loss.
+pytest (`tests/test_exercises.py`) and the notebooks call the same checkers.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision import ops
+
+
+def report(name: str, got: Tensor, expected: Tensor, atol: float) -> float:
+    """Compare, print one line, raise if the difference exceeds `atol`. Returns max |diff|."""
+    got, expected = torch.as_tensor(got), torch.as_tensor(expected)
+    if got.shape != expected.shape:
+        raise AssertionError(f"✗ {name}: returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}")
+    diff = (got.double() - expected.double()).abs().max().item() if got.numel() else 0.0
+    if not diff <= atol:  # also catches NaN
+        raise AssertionError(f"✗ {name}: max |diff| = {diff:.3e} exceeds tolerance {atol:.0e}")
+    print(f"✓ {name}: max |diff| = {diff:.3e} (tolerance {atol:.0e})")
+    return diff
+
+
+def random_boxes_cxcywh(n: int, generator: torch.Generator) -> Tensor:
+    """(n, 4) cxcywh boxes in [0, 1] (float64), some overlapping, some not."""
+    cxcy = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    wh = torch.rand(n, 2, generator=generator, dtype=torch.float64) * 0.5 + 0.02
+    return torch.cat([cxcy, wh], dim=1)
+
+
+# --- boxes: oracle torchvision.ops -------------------------------------------------------------
+
+
+def check_box_cxcywh_to_xyxy(fn) -> float:
+    g = torch.Generator().manual_seed(0)
+    boxes = random_boxes_cxcywh(50, g)
+    return report("box_cxcywh_to_xyxy", fn(boxes), ops.box_convert(boxes, "cxcywh", "xyxy"), 1e-12)
+
+
+def check_box_xyxy_to_cxcywh(fn) -> float:
+    g = torch.Generator().manual_seed(1)
+    boxes = ops.box_convert(random_boxes_cxcywh(50, g), "cxcywh", "xyxy")
+    return report("box_xyxy_to_cxcywh", fn(boxes), ops.box_convert(boxes, "xyxy", "cxcywh"), 1e-12)
+
+
+def check_box_iou(fn) -> float:
+    g = torch.Generator().manual_seed(2)
+    a = ops.box_convert(random_boxes_cxcywh(7, g), "cxcywh", "xyxy")
+    b = ops.box_convert(random_boxes_cxcywh(5, g), "cxcywh", "xyxy")
+    iou, union = fn(a, b)
+    iou_expected = ops.box_iou(a, b)  # (7, 5)
+    # |A ∪ B| = |A| + |B| - |A ∩ B| and |A ∩ B| = IoU·|A ∪ B|, so |A ∪ B| = (|A| + |B|) / (1 + IoU)
+    union_expected = (ops.box_area(a)[:, None] + ops.box_area(b)[None, :]) / (1 + iou_expected)
+    return max(report("box_iou (IoU)", iou, iou_expected, 1e-12),
+               report("box_iou (union)", union, union_expected, 1e-12))
+
+
+def check_generalized_box_iou(fn) -> float:
+    g = torch.Generator().manual_seed(3)
+    a = ops.box_convert(random_boxes_cxcywh(7, g), "cxcywh", "xyxy")
+    b = ops.box_convert(random_boxes_cxcywh(5, g), "cxcywh", "xyxy")
+    far = torch.tensor([[5.0, 5.0, 6.0, 6.0]], dtype=torch.float64)  # disjoint from everything: GIoU < 0
+    a = torch.cat([a, far])
+    return report("generalized_box_iou", fn(a, b), ops.generalized_box_iou(a, b), 1e-12)
+
+
+# --- matching: oracle brute force --------------------------------------------------------------
+
+
+def _match_problem(seed: int, q: int = 6, n: int = 4, k: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(q, k + 1, generator=g, dtype=torch.float64)
+    boxes = random_boxes_cxcywh(q, g)
+    labels = torch.randint(0, k, (n,), generator=g)
+    tgt = random_boxes_cxcywh(n, g)
+    return logits, boxes, labels, tgt
+
+
+def matching_cost_loop(logits, boxes, labels, tgt, w_class=1.0, w_bbox=5.0, w_giou=2.0) -> Tensor:
+    """The seed's L_match, one (prediction, target) pair at a time."""
+    q, n = len(logits), len(labels)
+    cost = torch.zeros(q, n, dtype=torch.float64)
+    for i in range(q):
+        p = [math.exp(v) for v in logits[i].tolist()]
+        p = [v / sum(p) for v in p]
+        for j in range(n):
+            l1 = sum(abs(x - y) for x, y in zip(boxes[i].tolist(), tgt[j].tolist()))
+            giou = ops.generalized_box_iou(ops.box_convert(boxes[i:i + 1], "cxcywh", "xyxy"),
+                                           ops.box_convert(tgt[j:j + 1], "cxcywh", "xyxy")).item()
+            cost[i, j] = -w_class * p[labels[j]] + w_bbox * l1 - w_giou * giou
+    return cost
+
+
+def check_matching_cost(fn) -> float:
+    logits, boxes, labels, tgt = _match_problem(4)
+    got = fn(logits, boxes, labels, tgt, 1.0, 5.0, 2.0)
+    return report("matching_cost", got, matching_cost_loop(logits, boxes, labels, tgt), 1e-10)
+
+
+def brute_force_assignment(cost: Tensor) -> float:
+    """Minimum total cost over every injective map targets -> predictions (Q!/(Q-n)! of them)."""
+    q, n = cost.shape
+    return min(sum(cost[p, j].item() for j, p in enumerate(perm)) for perm in itertools.permutations(range(q), n))
+
+
+def check_hungarian_match(fn) -> float:
+    worst = 0.0
+    for seed, (q, n) in enumerate([(6, 4), (5, 5), (7, 2), (3, 1)]):
+        g = torch.Generator().manual_seed(10 + seed)
+        cost = torch.randn(q, n, generator=g, dtype=torch.float64)
+        pred_idx, tgt_idx = fn(cost)
+        pred_idx, tgt_idx = torch.as_tensor(pred_idx), torch.as_tensor(tgt_idx)
+        if sorted(tgt_idx.tolist()) != list(range(n)) or len(set(pred_idx.tolist())) != n:
+            raise AssertionError(f"✗ hungarian_match: not a one-to-one assignment of {n} targets "
+                                 f"to {q} predictions: pred_idx={pred_idx.tolist()}, tgt_idx={tgt_idx.tolist()}")
+        total = cost[pred_idx, tgt_idx].sum().item()
+        worst = max(worst, abs(total - brute_force_assignment(cost)))
+    return report("hungarian_match (total cost vs brute force)", torch.tensor(worst), torch.tensor(0.0), 1e-9)
+
+
+# --- sine positional encoding: oracle the formula, pixel by pixel ------------------------------
+
+
+def sine_encoding_loop(mask: Tensor, d: int, temperature: float = 10000.0) -> Tensor:
+    """DETR's normalised 2-D sine encoding, one pixel and one channel at a time."""
+    b, h, w = mask.shape
+    out = torch.zeros(b, 2 * d, h, w, dtype=torch.float64)
+    for n in range(b):
+        valid = ~mask[n]
+        hv = int(valid[:, 0].sum())  # valid rows (padding is at the bottom / right)
+        wv = int(valid[0, :].sum())
+        for i in range(h):
+            for j in range(w):
+                y = min(i + 1, hv) / (hv + 1e-6) * 2 * math.pi  # cumulative count, normalised
+                x = min(j + 1, wv) / (wv + 1e-6) * 2 * math.pi
+                for c in range(d):
+                    f = temperature ** (2 * (c // 2) / d)
+                    trig = math.sin if c % 2 == 0 else math.cos
+                    out[n, c, i, j] = trig(y / f)
+                    out[n, d + c, i, j] = trig(x / f)
+    return out
+
+
+def check_sine_position_encoding(fn) -> float:
+    mask = torch.zeros(2, 5, 7, dtype=torch.bool)
+    mask[1, 3:, :] = True  # image 1 is 3 x 4, padded to 5 x 7
+    mask[1, :, 4:] = True
+    got = fn(mask, 8)
+    expected = sine_encoding_loop(mask, 8)
+    valid = (~mask)[:, None].expand_as(expected)  # padding positions are free to differ
+    return report("sine_position_encoding", got.double()[valid], expected[valid], 1e-5)
+
+
+# --- the Hungarian loss: oracle explicit loops over images and predictions ---------------------
+
+
+def hungarian_loss_loop(logits, boxes, targets, indices, num_boxes, no_object_weight) -> dict[str, float]:
+    b, q, k1 = logits.shape
+    ce_sum = weight_sum = l1 = giou = 0.0
+    for n in range(b):
+        match = dict(zip(indices[n][0].tolist(), indices[n][1].tolist()))
+        for i in range(q):
+            cls = int(targets[n]["labels"][match[i]]) if i in match else k1 - 1
+            wt = 1.0 if cls != k1 - 1 else no_object_weight
+            logp = logits[n, i].tolist()
+            lse = math.log(sum(math.exp(v) for v in logp))
+            ce_sum += wt * (lse - logp[cls])
+            weight_sum += wt
+            if i in match:
+                t = targets[n]["boxes"][match[i]]
+                l1 += (boxes[n, i] - t).abs().sum().item()
+                giou += 1 - ops.generalized_box_iou(ops.box_convert(boxes[n, i][None], "cxcywh", "xyxy"),
+                                                    ops.box_convert(t[None], "cxcywh", "xyxy")).item()
+    return {"loss_ce": ce_sum / weight_sum, "loss_bbox": l1 / num_boxes, "loss_giou": giou / num_boxes}
+
+
+def check_hungarian_loss(fn) -> float:
+    g = torch.Generator().manual_seed(20)
+    b, q, k = 3, 6, 4
+    logits = torch.randn(b, q, k + 1, generator=g, dtype=torch.float64)
+    boxes = random_boxes_cxcywh(b * q, g).view(b, q, 4)
+    counts = [3, 0, 5]  # one image without objects
+    targets = [{"labels": torch.randint(0, k, (c,), generator=g), "boxes": random_boxes_cxcywh(c, g)} for c in counts]
+    indices = [(torch.randperm(q, generator=g)[:c].sort().values, torch.randperm(c, generator=g)) for c in counts]
+    num_boxes = float(sum(counts))
+    got = fn(logits, boxes, targets, indices, num_boxes, 0.1)
+    expected = hungarian_loss_loop(logits, boxes, targets, indices, num_boxes, 0.1)
+    # 1e-6: torchvision's generalized_box_iou_loss adds eps=1e-7 to its denominators
+    return max(report(f"hungarian_loss ({key})", got[key], torch.tensor(value, dtype=torch.float64), 1e-6)
+               for key, value in expected.items())
+
+
+def check_hungarian_loss_permutation(fn) -> float:
+    """Property: permuting the predictions (and their matches with them) leaves the loss unchanged."""
+    g = torch.Generator().manual_seed(21)
+    q = 6
+    logits = torch.randn(1, q, 4, generator=g, dtype=torch.float64)
+    boxes = random_boxes_cxcywh(q, g)[None]
+    targets = [{"labels": torch.tensor([0, 2]), "boxes": random_boxes_cxcywh(2, g)}]
+    indices = [(torch.tensor([1, 4]), torch.tensor([1, 0]))]
+    perm = torch.randperm(q, generator=g)  # new position i holds old prediction perm[i]
+    inverse = torch.argsort(perm)
+    indices_p = [(inverse[indices[0][0]], indices[0][1])]
+    a = fn(logits, boxes, targets, indices, 2.0, 0.1)
+    b = fn(logits[:, perm], boxes[:, perm], targets, indices_p, 2.0, 0.1)
+    return max(report(f"hungarian_loss permutation invariance ({k})", b[k], a[k], 1e-12) for k in a)

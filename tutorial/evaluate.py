@@ -1,0 +1,65 @@
+"""COCO evaluation with pycocotools' COCOeval: AP, AP50, AP75, APs, APm, APl.
+
+Every query's prediction is scored (DETR has no NMS and at most Q ≤ 100 detections per image,
+COCOeval's maxDets), boxes in pixels of the original image.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import torch
+from pycocotools.cocoeval import COCOeval
+from torch import nn
+from tqdm import tqdm
+
+from .dataset import DetectionDataset, collate
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: DetectionDataset, batch_size: int = 16, workers: int = 0,
+            device: torch.device | str = "cpu", progress: bool = True) -> tuple[list[dict], list[int]]:
+    """COCO-format detections [{"image_id", "category_id", "bbox" [x, y, w, h], "score"}] for the
+    set (a `DetectionDataset` or a `Subset` of one), and the ids of the images they cover."""
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         collate_fn=collate)
+    results, image_ids = [], []
+    for images, mask, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
+        outputs = model(images.to(device), mask.to(device))
+        sizes = torch.stack([t["orig_size"] for t in targets]).to(device)  # (B, 2)
+        for t, det in zip(targets, model.postprocess(outputs, sizes)):
+            image_ids.append(int(t["image_id"]))
+            boxes = det["boxes"].cpu()  # (Q, 4) xyxy
+            boxes[:, 2:] -= boxes[:, :2]  # (Q, 4) xywh
+            for box, score, label in zip(boxes.tolist(), det["scores"].tolist(), det["labels"].tolist()):
+                results.append({"image_id": int(t["image_id"]), "category_id": int(label),
+                                "bbox": [round(v, 3) for v in box], "score": round(score, 5)})
+    return results, image_ids
+
+
+def coco_metrics(coco_gt, results: list[dict], image_ids: list[int] | None = None) -> dict[str, float]:
+    """Run COCOeval (bbox) on `results` against ground truth `coco_gt` (a pycocotools COCO),
+    over `image_ids` (default: every image of `coco_gt`)."""
+    if not results:
+        return {k: 0.0 for k in METRICS}
+    with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints its progress and table
+        coco_dt = coco_gt.loadRes(results)
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        if image_ids is not None:
+            ev.params.imgIds = sorted(image_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {k: float(np.round(v, 4)) for k, v in zip(METRICS, ev.stats[:6])}
+
+
+def evaluate(model: nn.Module, dataset: DetectionDataset, batch_size: int = 16, workers: int = 0,
+             device: torch.device | str = "cpu", progress: bool = True) -> dict[str, float]:
+    """COCO box metrics of `model` on `dataset` (a `DetectionDataset` or a `Subset` of one)."""
+    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+    results, image_ids = predict(model, dataset, batch_size, workers, device, progress)
+    return coco_metrics(base.coco, results, image_ids)

@@ -1,0 +1,184 @@
+"""Training: AdamW, warm-up then step or cosine learning-rate decay, gradient clipping, a checkpoint
+written atomically every epoch, `--resume`, metrics appended as JSON lines, COCO metrics.
+
+    python -m tutorial train --model detr_tiny --epochs 50 --out runs/detr_tiny
+    torchrun --nproc_per_node 2 -m tutorial train ...      # DistributedDataParallel (gloo on CPU)
+
+Files in `out`: `checkpoint.pt` (the last finished epoch) and `metrics.jsonl`, one line per
+epoch: {"epoch", "train_time" (s, cumulative, evaluation excluded), "lr", "loss", the loss terms,
+"AP", "AP50", ...}. A non-finite loss stops training with a message and leaves the last
+checkpoint as it was. The loop is the official `engine.py`'s, without its logging framework.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from .checkpoint import config_differences, load_checkpoint, save_atomic
+from .dataset import DetectionDataset, collate
+from .distributed import all_reduce_mean, barrier, broadcast_buffers, init_distributed, is_main
+from .evaluate import evaluate
+from .models import build_model
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the loss becomes NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    model: str = "detr_tiny"
+    data: str = "data/shapes"
+    out: str = "runs/detr_tiny"
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 1e-4
+    lr_backbone: float = 1e-4  # DETR: 1e-5 for a pretrained backbone; from scratch it must learn too
+    weight_decay: float = 1e-4
+    clip_max_norm: float = 0.1
+    schedule: str = "step"  # "step": x0.1 at `lr_drop` (DETR) | "cosine": down to 1% at the end
+    lr_drop: int | None = None  # epoch of the step decay; default 2/3 of `epochs`
+    warmup_iters: int = 0
+    seed: int = 42
+    workers: int = 2  # data-loading processes
+    eval_every: int = 1  # epochs between COCO evaluations on val (the last epoch always)
+    max_train_time: float | None = None  # stop after the epoch in which this many seconds are spent
+    train_images: int | None = None  # use only the first n training images (tests, quick runs)
+    val_images: int | None = None
+    resize: tuple[int, int] | None = None  # (shorter side, max longer side) for real COCO, e.g. (800, 1333)
+    resume: bool = False  # continue from out/checkpoint.pt
+    progress: bool = True
+    model_overrides: dict = field(default_factory=dict)  # build_model(model, **model_overrides)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def subset(dataset, n: int | None):
+    return dataset if n is None else torch.utils.data.Subset(dataset, range(min(n, len(dataset))))
+
+
+def lr_factor(cfg: TrainConfig, it: int, iters_per_epoch: int) -> float:
+    """Multiplier of the base learning rate at iteration `it`: linear warm-up, then step or cosine."""
+    if it < cfg.warmup_iters:
+        return (it + 1) / cfg.warmup_iters
+    total = cfg.epochs * iters_per_epoch
+    if cfg.schedule == "cosine":
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(it / total, 1.0)))
+    drop = cfg.lr_drop if cfg.lr_drop is not None else max(1, (2 * cfg.epochs) // 3)
+    return 0.1 if it >= drop * iters_per_epoch else 1.0
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Backbone parameters get `lr_backbone`, the rest `lr` (as in DETR)."""
+    backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
+    return [{"params": rest, "lr": cfg.lr}, {"params": backbone, "lr": cfg.lr_backbone}]
+
+
+def train_one_epoch(model, criterion, loader, optimizer, scheduler, cfg: TrainConfig, epoch: int,
+                    device) -> dict[str, float]:
+    """One pass over `loader`; returns the epoch's mean loss terms."""
+    model.train()
+    sums: dict[str, float] = {}
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not (cfg.progress and is_main()), leave=False)
+    for it, (images, mask, targets) in enumerate(bar):
+        images, mask = images.to(device), mask.to(device)
+        targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+        outputs = model(images, mask)
+        losses = criterion(outputs, targets)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch}, iteration {it}; stopping. "
+                                     f"The last good checkpoint in {cfg.out} was left as it was.")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_max_norm > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_max_norm)
+        optimizer.step()
+        scheduler.step()
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v.item()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    n = max(len(loader), 1)
+    return {k: all_reduce_mean(v / n, device) for k, v in sums.items()}
+
+
+def train(cfg: TrainConfig) -> nn.Module:
+    """Train `cfg.model` on `cfg.data`; returns the trained (unwrapped) model."""
+    rank, world_size, device = init_distributed()
+    seed_everything(cfg.seed + rank)
+    out = Path(cfg.out)
+    model = build_model(cfg.model, **cfg.model_overrides).to(device)
+    num_classes = model.cfg.num_classes
+    train_set = subset(DetectionDataset(cfg.data, "train", train=True, num_classes=num_classes, resize=cfg.resize),
+                       cfg.train_images)
+    val_set = subset(DetectionDataset(cfg.data, "val", train=False, num_classes=num_classes, resize=cfg.resize),
+                     cfg.val_images)
+    sampler = (torch.utils.data.DistributedSampler(train_set, world_size, rank, seed=cfg.seed)
+               if world_size > 1 else torch.utils.data.RandomSampler(
+                   train_set, generator=torch.Generator().manual_seed(cfg.seed)))
+    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler,
+                                         num_workers=cfg.workers, collate_fn=collate, drop_last=False,
+                                         persistent_workers=cfg.workers > 0)
+    criterion = model.build_criterion()
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(cfg, it, len(loader)))
+
+    start_epoch, train_time = 0, 0.0
+    if cfg.resume and (out / "checkpoint.pt").exists():
+        ckpt = load_checkpoint(out / "checkpoint.pt")
+        diffs = config_differences(ckpt["config"], dataclasses.asdict(model.cfg))
+        if diffs:
+            raise ValueError(f"{out / 'checkpoint.pt'}: cannot resume, the model config differs: {'; '.join(diffs)}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, train_time = ckpt["epoch"] + 1, ckpt["train_time"]
+        torch.set_rng_state(ckpt["rng"])
+        if is_main() and cfg.progress:
+            print(f"resuming {out / 'checkpoint.pt'} after epoch {ckpt['epoch']}")
+    unwrapped = model
+    if world_size > 1:
+        model = DistributedDataParallel(model)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        if world_size > 1:
+            sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        stats = train_one_epoch(model, criterion, loader, optimizer, scheduler, cfg, epoch, device)
+        train_time += all_reduce_mean(time.perf_counter() - t0, device)
+        broadcast_buffers(unwrapped)
+        last = epoch == cfg.epochs - 1 or (cfg.max_train_time is not None and train_time >= cfg.max_train_time)
+        record = {"epoch": epoch, "train_time": round(train_time, 2), "lr": optimizer.param_groups[0]["lr"],
+                  **{k: round(v, 5) for k, v in stats.items()}}
+        if is_main():
+            if (epoch + 1) % cfg.eval_every == 0 or last:
+                record.update(evaluate(unwrapped, val_set, cfg.batch_size, 0, device, cfg.progress))
+            save_atomic({"preset": cfg.model, "config": dataclasses.asdict(unwrapped.cfg),
+                         "model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "epoch": epoch, "train_time": train_time,
+                         "rng": torch.get_rng_state(), "train_config": dataclasses.asdict(cfg)},
+                        out / "checkpoint.pt")
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if cfg.progress:
+                print(json.dumps(record))
+        barrier()
+        if last:
+            break
+    return unwrapped
