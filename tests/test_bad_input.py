@@ -13,7 +13,7 @@ from tutorial.dataset import DatasetError, DetectionDataset
 from tutorial.train import NonFiniteLossError, TrainConfig, train
 
 TINY = {"transformer": {"num_encoder_layers": 1, "num_decoder_layers": 1, "d_model": 32, "dim_feedforward": 64},
-        "num_queries": 15, "backbone": {"depths": [1, 1]}}
+        "num_queries": 15, "backbone": {"depths": [1, 1], "return_layers": ["layer2"]}}
 
 
 @pytest.fixture

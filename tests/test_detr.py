@@ -62,7 +62,7 @@ def test_forward_shapes_and_attention_maps():
     assert out["pred_logits"].shape == (b, q, k1) and out["pred_boxes"].shape == (b, q, 4)
     assert len(out["aux_outputs"]) == 1
     h, w = out["feature_size"]
-    assert (h, w) == (8, 10)  # stride 8
+    assert (h, w) == (4, 5)  # stride 16
     assert len(out["encoder_attention"]) == 2 and out["encoder_attention"][0].shape == (b, 8, h * w, h * w)
     assert out["decoder_attention"][-1].shape == (b, 8, q, h * w)
     # Attention rows are distributions, and padded keys get no attention.

@@ -34,6 +34,31 @@ def matched_pairs(indices: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]
     return batch_idx, pred_idx
 
 
+def classification_loss(pred_logits: Tensor, targets: list[dict], indices: list[tuple[Tensor, Tensor]],
+                        no_object_weight: float = 0.1) -> Tensor:
+    """Softmax cross-entropy over all B·Q predictions; unmatched ones have target ∅ (weighted)."""
+    num_classes = pred_logits.shape[-1] - 1
+    batch_idx, pred_idx = matched_pairs(indices)  # (n,), (n,)
+    target_classes = torch.full(pred_logits.shape[:2], num_classes, dtype=torch.int64,
+                                device=pred_logits.device)  # (B, Q): ∅ everywhere ...
+    target_classes[batch_idx, pred_idx] = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])  # ... but matches
+    class_weight = torch.ones(num_classes + 1, dtype=pred_logits.dtype, device=pred_logits.device)  # (K+1,)
+    class_weight[-1] = no_object_weight
+    return F.cross_entropy(pred_logits.transpose(1, 2), target_classes, class_weight)  # CE wants (B, K+1, Q)
+
+
+def box_losses(pred_boxes: Tensor, targets: list[dict], indices: list[tuple[Tensor, Tensor]],
+               num_boxes: float) -> dict[str, Tensor]:
+    """Σ L1 and Σ (1 - GIoU) over matched pairs, each divided by `num_boxes`."""
+    batch_idx, pred_idx = matched_pairs(indices)
+    src = pred_boxes[batch_idx, pred_idx]  # (n, 4)
+    tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)])  # (n, 4)
+    loss_bbox = F.l1_loss(src, tgt, reduction="sum") / num_boxes
+    loss_giou = generalized_box_iou_loss(box_convert(src, "cxcywh", "xyxy"),
+                                         box_convert(tgt, "cxcywh", "xyxy"), reduction="sum") / num_boxes
+    return {"loss_bbox": loss_bbox, "loss_giou": loss_giou}
+
+
 def hungarian_loss(pred_logits: Tensor, pred_boxes: Tensor, targets: list[dict],
                    indices: list[tuple[Tensor, Tensor]], num_boxes: float,
                    no_object_weight: float = 0.1) -> dict[str, Tensor]:
@@ -44,22 +69,8 @@ def hungarian_loss(pred_logits: Tensor, pred_boxes: Tensor, targets: list[dict],
     {"loss_ce": weighted-mean cross-entropy over all B·Q predictions (∅ weighted by
     no_object_weight), "loss_bbox": Σ L1 / num_boxes, "loss_giou": Σ (1 - GIoU) / num_boxes}.
     """
-    num_classes = pred_logits.shape[-1] - 1
-    batch_idx, pred_idx = matched_pairs(indices)  # (n,), (n,)
-    # 1) Classes: every prediction is ∅ unless it is matched.
-    target_classes = torch.full(pred_logits.shape[:2], num_classes, dtype=torch.int64,
-                                device=pred_logits.device)  # (B, Q)
-    target_classes[batch_idx, pred_idx] = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
-    class_weight = torch.ones(num_classes + 1, dtype=pred_logits.dtype, device=pred_logits.device)  # (K+1,)
-    class_weight[-1] = no_object_weight
-    loss_ce = F.cross_entropy(pred_logits.transpose(1, 2), target_classes, class_weight)  # CE wants (B, K+1, Q)
-    # 2) Boxes: only matched predictions.
-    src = pred_boxes[batch_idx, pred_idx]  # (n, 4)
-    tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)])  # (n, 4)
-    loss_bbox = F.l1_loss(src, tgt, reduction="sum") / num_boxes
-    loss_giou = generalized_box_iou_loss(box_convert(src, "cxcywh", "xyxy"),
-                                         box_convert(tgt, "cxcywh", "xyxy"), reduction="sum") / num_boxes
-    return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+    return {"loss_ce": classification_loss(pred_logits, targets, indices, no_object_weight),
+            **box_losses(pred_boxes, targets, indices, num_boxes)}
 
 
 def num_boxes_across_processes(targets: list[dict], device: torch.device) -> float:
@@ -93,10 +104,15 @@ class SetCriterion(nn.Module):
         self.matcher = matcher
         self.weights = weights
 
+    def class_loss(self, pred_logits: Tensor, targets: list[dict], indices, num_boxes: float) -> Tensor:
+        """DETR's softmax cross-entropy; Deformable DETR overrides this with the focal loss."""
+        return classification_loss(pred_logits, targets, indices, self.weights.no_object_weight)
+
     def layer_loss(self, out: dict, targets: list[dict], num_boxes: float) -> dict[str, Tensor]:
+        """Match one decoder layer's predictions, then its loss terms (unweighted)."""
         indices = self.matcher(out["pred_logits"], out["pred_boxes"], targets)
-        return hungarian_loss(out["pred_logits"], out["pred_boxes"], targets, indices, num_boxes,
-                              self.weights.no_object_weight)
+        return {"loss_ce": self.class_loss(out["pred_logits"], targets, indices, num_boxes),
+                **box_losses(out["pred_boxes"], targets, indices, num_boxes)}
 
     def weighted_sum(self, terms: dict[str, Tensor]) -> Tensor:
         return sum(getattr(self.weights, name) * value for name, value in terms.items())

@@ -108,11 +108,13 @@ def detr_r50() -> DETRConfig:
 
 
 def detr_tiny() -> DETRConfig:
-    """The same code at CPU scale for the shapes set (5 classes: ids 1..5)."""
+    """The same code at CPU scale for the shapes set (5 classes: ids 1..5): a ResNet with one
+    BasicBlock per stage up to layer3 (stride 16, trainable batch norm, from scratch), C=128,
+    3+3 layers, 25 queries; 2.7M parameters, about 40 training images/s on 2 CPU cores."""
     return DETRConfig(
         num_classes=6,
         num_queries=25,
-        backbone=BackboneConfig(name="resnet18", depths=(2, 2), return_layers=("layer2",), norm="bn",
+        backbone=BackboneConfig(name="resnet18", depths=(1, 1, 1), return_layers=("layer3",), norm="bn",
                                 train_from="stem"),
         transformer=TransformerConfig(d_model=128, num_heads=8, num_encoder_layers=3, num_decoder_layers=3,
                                       dim_feedforward=512, dropout=0.0),

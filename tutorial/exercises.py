@@ -43,6 +43,8 @@ EXERCISES = [
     Exercise("matcher", "hungarian_match", (checks.check_hungarian_match,)),
     Exercise("position_encoding", "sine_position_encoding", (checks.check_sine_position_encoding,)),
     Exercise("criterion", "hungarian_loss", (checks.check_hungarian_loss, checks.check_hungarian_loss_permutation)),
+    Exercise("deformable_attention", "bilinear_sample", (checks.check_bilinear_sample,)),
+    Exercise("deformable_attention", "ms_deform_attn_core", (checks.check_ms_deform_attn_core,)),
 ]
 BY_NAME = {e.function: e for e in EXERCISES}
 

@@ -12,11 +12,15 @@ from typing import Any
 
 from torch import nn
 
-from . import detr
+from . import deformable_detr, detr
 
 PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
     "detr_r50": (detr.DETR, detr.detr_r50),
     "detr_tiny": (detr.DETR, detr.detr_tiny),
+    "deformable_detr_r50": (deformable_detr.DeformableDETR, deformable_detr.deformable_detr_r50),
+    "deformable_detr_r50_refine": (deformable_detr.DeformableDETR, deformable_detr.deformable_detr_r50_refine),
+    "deformable_detr_r50_two_stage": (deformable_detr.DeformableDETR, deformable_detr.deformable_detr_r50_two_stage),
+    "deformable_detr_tiny": (deformable_detr.DeformableDETR, deformable_detr.deformable_detr_tiny),
 }
 
 

@@ -1,0 +1,61 @@
+"""Training throughput: images per second of one optimisation step (forward, loss with Hungarian
+matching, backward, AdamW step) for a preset on shapes batches, on this machine.
+
+    python bench/throughput.py --model detr_tiny --batch-size 16 --steps 20
+
+Writes bench/results/throughput_<model>.json. The first `--warmup` steps are not timed; the
+result is the median over the timed steps.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import write_json  # noqa: E402
+from tutorial import build_model  # noqa: E402
+from tutorial.dataset import DetectionDataset, collate  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="detr_tiny")
+    p.add_argument("--data", default="data/shapes")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = build_model(args.model).train()
+    criterion = model.build_criterion()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    data = DetectionDataset(args.data, "train", train=True, num_classes=model.cfg.num_classes)
+    times = []
+    for step in range(args.warmup + args.steps):
+        images, mask, targets = collate([data[(step * args.batch_size + i) % len(data)] for i in range(args.batch_size)])
+        t0 = time.perf_counter()
+        loss = criterion(model(images, mask), targets)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        optimizer.step()
+        if step >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    result = {"model": args.model, "batch_size": args.batch_size, "steps": args.steps,
+              "median_step_s": round(median, 4), "images_per_s": round(args.batch_size / median, 2),
+              "step_s": [round(t, 4) for t in times]}
+    print(f"{args.model}: {result['images_per_s']} images/s (median step {median:.3f} s, batch {args.batch_size})")
+    write_json(f"throughput_{args.model}", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""The notebooks' views (`tutorial/widgets.py`) and figures (`tutorial/plots.py`).
+
+For each view: build it on the small shapes set with a small random DETR, change a control the
+way a learner would (`control.value = ...`), and check that the figure changed to what the new
+value should show, computed independently (the model run directly, `torch.cdist` for the L1 cost,
+the data set's own image).
+"""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+import tutorial  # noqa: E402
+from tutorial import plots  # noqa: E402
+from tutorial.dataset import DetectionDataset  # noqa: E402
+from tutorial.matcher import matching_cost  # noqa: E402
+from tutorial.widgets import (DecoderAttentionView, EncoderAttentionView, ImageBrowser,  # noqa: E402
+                              MatchingView, ModelRunner)
+
+
+@pytest.fixture(scope="module")
+def val_set(small_shapes):
+    return DetectionDataset(small_shapes, "val", num_classes=6)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    # 15 queries > the 12 objects an image can hold, so every target gets a prediction
+    return tutorial.build_model("detr_tiny", num_queries=15,
+                                transformer={"d_model": 32, "num_heads": 4, "dim_feedforward": 64,
+                                             "num_encoder_layers": 2, "num_decoder_layers": 2}).eval()
+
+
+@pytest.fixture(scope="module")
+def runner(model, val_set):
+    return ModelRunner(model, val_set)
+
+
+@torch.no_grad()
+def run_directly(model, dataset, index):
+    image, target = dataset[index]
+    out = model(image[None], torch.zeros(1, *image.shape[-2:], dtype=torch.bool), return_attention=True)
+    return image, target, out
+
+
+def images_with_objects(dataset, count=2):
+    found = [i for i in range(len(dataset)) if len(dataset[i][1]["labels"]) > 0]
+    assert len(found) >= count, "the small shapes set should have images with objects"
+    return found[:count]
+
+
+def drawn_image(ax):
+    return np.asarray(ax.images[0].get_array())
+
+
+def overlay_values(view):
+    return np.ma.getdata(view.overlay.get_array())
+
+
+def test_image_browser_shows_the_chosen_image_and_its_boxes(val_set):
+    view = ImageBrowser(val_set, index=0)
+    before = drawn_image(view.figure.axes[0]).copy()
+    view.controls["index"].value = 5
+    after = drawn_image(view.figure.axes[0])
+    assert before.shape != after.shape or not np.allclose(before, after)
+    image, target = val_set[5]
+    np.testing.assert_allclose(after, plots.denormalize(image), atol=1e-6)
+    rects = [p for p in view.figure.axes[0].patches if isinstance(p, Rectangle)]
+    expected = plots.boxes_to_pixels(target["boxes"], target["size"])  # (n, 4) xyxy
+    assert len(rects) == len(expected)
+    for rect, (x0, y0, x1, y1) in zip(rects, expected.tolist()):
+        assert rect.get_xy() == pytest.approx((x0, y0), abs=1e-3)
+        assert (rect.get_width(), rect.get_height()) == pytest.approx((x1 - x0, y1 - y0), abs=1e-3)
+
+
+def test_matching_view_draws_the_cost_of_the_chosen_image_and_term(model, val_set, runner):
+    first, second = images_with_objects(val_set)
+    view = MatchingView(model, val_set, index=first, runner=runner)
+    before = drawn_image(view.figure.axes[0]).copy()
+    view.controls["index"].value = second
+    after = drawn_image(view.figure.axes[0])
+    _, target, out = run_directly(model, val_set, second)
+    w = model.cfg.matcher
+    expected = matching_cost(out["pred_logits"][0], out["pred_boxes"][0], target["labels"], target["boxes"],
+                             w.cost_class, w.cost_bbox, w.cost_giou)  # (Q, n)
+    assert before.shape != after.shape or not np.allclose(before, after)
+    np.testing.assert_allclose(after, expected.numpy(), rtol=1e-5, atol=1e-5)
+
+    view.controls["term"].value = "L1"
+    l1 = torch.cdist(out["pred_boxes"][0], target["boxes"], p=1)  # (Q, n), independent of matching_cost
+    np.testing.assert_allclose(drawn_image(view.figure.axes[0]), l1.numpy(), rtol=1e-5, atol=1e-5)
+
+    # the outlined cells are a one-to-one assignment covering every target
+    pred_idx, tgt_idx = view.assignment
+    assert sorted(tgt_idx.tolist()) == list(range(len(target["labels"])))
+    assert len(set(pred_idx.tolist())) == len(pred_idx)
+    outlined = [p for p in view.figure.axes[0].patches if isinstance(p, Rectangle)]
+    assert len(outlined) == len(tgt_idx)
+
+
+@pytest.mark.parametrize("head", ["mean", 1])
+def test_encoder_view_draws_the_attention_row_of_the_chosen_point(model, val_set, runner, head):
+    view = EncoderAttentionView(model, val_set, index=0, runner=runner)
+    before = overlay_values(view).copy()
+    image, _, out = run_directly(model, val_set, 0)
+    hf, wf = out["feature_size"]
+    y, x, layer = 1, 0, 0  # x differs from the default (the grid centre), so setting it redraws
+    with view.hold():  # set several controls, then draw once
+        view.controls["head"].value = head
+        view.controls["layer"].value = layer
+        view.controls["y"].value = y
+    view.controls["x"].value = x
+    attn = out["encoder_attention"][layer][0]  # (M, N, N)
+    attn = attn.mean(0) if head == "mean" else attn[head]  # (N, N)
+    expected = attn[y * wf + x].reshape(hf, wf)  # (H_f, W_f)
+    after = overlay_values(view)
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, expected.numpy(), rtol=1e-5, atol=1e-7)
+    assert after.sum() == pytest.approx(1.0, abs=1e-4)  # one softmax row
+
+
+def test_encoder_view_fits_the_point_sliders_to_a_new_image(model, val_set, runner):
+    view = EncoderAttentionView(model, val_set, index=0, runner=runner)
+    sizes = {i: runner(i)["feature_size"] for i in range(len(val_set))}
+    other = next(i for i, s in sizes.items() if s != sizes[0])
+    view.controls["index"].value = other
+    hf, wf = sizes[other]
+    assert (view.controls["y"].max, view.controls["x"].max) == (hf - 1, wf - 1)
+    assert overlay_values(view).shape == (hf, wf)
+
+
+def test_decoder_view_draws_the_cross_attention_of_the_chosen_query(model, val_set, runner):
+    view = DecoderAttentionView(model, val_set, index=0, threshold=0.0, runner=runner)  # every query listed
+    _, _, out = run_directly(model, val_set, 0)
+    scores = out["pred_logits"][0].softmax(-1)[:, :-1].max(-1).values  # (Q,)
+    assert view.controls["query"].value == int(scores.argmax())  # best first
+    before = overlay_values(view).copy()
+    query = view.queries[-1]
+    view.controls["query"].value = query
+    view.controls["head"].value = 2
+    hf, wf = out["feature_size"]
+    expected = out["decoder_attention"][-1][0, 2, query].reshape(hf, wf)  # (H_f, W_f)
+    after = overlay_values(view)
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, expected.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_decoder_view_lists_only_confident_queries_of_the_new_image(model, val_set, runner):
+    view = DecoderAttentionView(model, val_set, index=0, threshold=0.0, runner=runner)
+    view.threshold = float(runner(3)["scores"].median())
+    view.controls["index"].value = 3
+    scores = runner(3)["scores"]
+    listed = [value for _, value in view.controls["query"].options]
+    assert listed == sorted((q for q in range(len(scores)) if scores[q] >= view.threshold),
+                            key=lambda q: -scores[q].item())
+    view.threshold = 2.0  # nothing is that confident: the view falls back to the best few
+    view.controls["index"].value = 4
+    assert not view.confident and len(view.controls["query"].options) == view.fallback
+
+
+def test_attention_overlay_leaves_padding_transparent():
+    from matplotlib.figure import Figure
+
+    image = torch.zeros(3, 64, 96)  # a padded canvas
+    attention = torch.rand(4, 6)  # (H_f, W_f)
+    mask = torch.zeros(4, 6, dtype=torch.bool)
+    mask[:, 4:] = True  # the two right columns are padding
+    ax = Figure().add_subplot()
+    im = plots.attention_overlay(ax, image, attention, mask, size=(64, 64))
+    drawn = im.get_array()
+    assert np.ma.getmaskarray(drawn)[:, 4:].all() and not np.ma.getmaskarray(drawn)[:, :4].any()
+    assert im.get_extent() == [0, 96, 64, 0]  # cells cover the padded canvas at the feature stride
+    assert ax.get_xlim() == (0, 64)  # the view is cropped to the unpadded image
+
+
+def test_box_modes_follow_the_slot_figure_colours():
+    sizes = torch.tensor([[100, 200]] * 3)  # (h, w)
+    boxes = torch.tensor([[0.5, 0.5, 0.1, 0.1],  # 20 x 10 px: small
+                          [0.5, 0.5, 0.5, 0.2],  # 100 x 20 px: large horizontal
+                          [0.5, 0.5, 0.2, 0.9]])  # 40 x 90 px: large vertical
+    assert plots.box_modes(boxes, sizes).tolist() == [0, 1, 2]

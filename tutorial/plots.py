@@ -1,0 +1,421 @@
+"""Static matplotlib figures for the notebooks: images with boxes, data statistics, matching
+costs, positional encodings, attention maps and the seed deck's DETR figures.
+
+Every function either draws into an `ax` it is given or builds and returns a new
+`matplotlib.figure.Figure`; none touches pyplot's global state, so a widget
+(`tutorial/widgets.py`) can clear and redraw the same Figure, and a test can inspect its artists.
+
+Conventions
+- An image is a (3, H, W) tensor normalised with ImageNet statistics, as `tutorial.dataset`
+  returns it, or an (H, W, 3) array in [0, 1]. A padded image (from `collate`) is drawn with its
+  padding cropped away when `size` = (h, w), the unpadded size, is given.
+- Boxes are (n, 4) xyxy in pixels unless a name says otherwise; category id k is
+  `CATEGORIES[k - 1]` (`tutorial/shapes.py`); other ids (COCO) are printed as numbers.
+- An attention map is (H_f, W_f) over the feature grid of the (padded) image; each cell covers
+  the same stride x stride square of pixels the backbone's downsampled padding mask assigns it.
+
+Glossary: H, W image; H_f, W_f feature map; N = H_f·W_f tokens; Q queries; n boxes.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import NullLocator
+from torch import Tensor
+from torchvision.ops import box_convert
+
+from .dataset import IMAGENET_MEAN, IMAGENET_STD
+from .shapes import CATEGORIES
+
+# One colour per category id (tab10, id 1 = first colour); the slot figure's three modes.
+PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
+           "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
+MODE_NAMES = ("small", "large horizontal", "large vertical")
+MODE_COLOURS = ("tab:green", "tab:red", "tab:blue")  # as the seed's slot figure
+COCO_SMALL, COCO_LARGE = 32**2, 96**2  # COCO's area thresholds (px²): small < 32², large > 96²
+
+
+# --- images and boxes -------------------------------------------------------------------------
+
+
+def denormalize(image: Tensor | np.ndarray) -> np.ndarray:
+    """Undo `tutorial.dataset`'s ImageNet normalisation for display.
+
+    image (3, H, W) tensor, normalised -> (H, W, 3) float array in [0, 1]. An (H, W, 3) array is
+    returned unchanged (it is taken to be displayable already).
+    """
+    if isinstance(image, np.ndarray):
+        return image
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]  # (3, 1, 1)
+    std = torch.tensor(IMAGENET_STD)[:, None, None]  # (3, 1, 1)
+    img = image.detach().cpu().float() * std + mean  # (3, H, W)
+    return img.clamp(0, 1).permute(1, 2, 0).numpy()  # (H, W, 3)
+
+
+def class_name(label: int) -> str:
+    """Category id -> name: 1..5 are the shapes' CATEGORIES; anything else is printed as a number."""
+    label = int(label)
+    return CATEGORIES[label - 1] if 1 <= label <= len(CATEGORIES) else f"class {label}"
+
+
+def class_colour(label: int) -> str:
+    return PALETTE[(int(label) - 1) % len(PALETTE)]
+
+
+def boxes_to_pixels(boxes: Tensor, size) -> Tensor:
+    """(n, 4) cxcywh boxes normalised by the image size (DETR's targets and predictions) and
+    size = (h, w) -> (n, 4) xyxy boxes in pixels."""
+    h, w = (int(v) for v in size)
+    xyxy = box_convert(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), "cxcywh", "xyxy")  # (n, 4)
+    return xyxy * torch.tensor([w, h, w, h], dtype=torch.float32)  # (n, 4) pixels
+
+
+def show_image(ax: Axes, image, size=None, title: str | None = None) -> AxesImage:
+    """Draw `image` (see the module docstring); with size = (h, w) only its unpadded part is shown."""
+    img = denormalize(image)  # (H, W, 3)
+    height, width = img.shape[:2]
+    im = ax.imshow(img, extent=(0, width, height, 0), interpolation="nearest")
+    h, w = (height, width) if size is None else (int(size[0]), int(size[1]))
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return im
+
+
+def draw_boxes(ax: Axes, boxes, labels=None, scores=None, colours=None, linestyle: str = "-",
+               linewidth: float = 1.5, text: bool = True, fontsize: float = 7) -> list[Rectangle]:
+    """Draw (n, 4) xyxy pixel boxes, captioned "name" or "name 0.93" when scores are given.
+    Returns the Rectangle patches (in box order)."""
+    boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).tolist()
+    patches = []
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        label = None if labels is None else int(labels[i])
+        colour = colours[i] if colours is not None else (class_colour(label) if label is not None else "yellow")
+        rect = Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=linewidth,
+                         linestyle=linestyle)
+        ax.add_patch(rect)
+        patches.append(rect)
+        if text and (label is not None or scores is not None):
+            caption = class_name(label) if label is not None else ""
+            if scores is not None:
+                caption = f"{caption} {float(scores[i]):.2f}".strip()
+            ax.text(x0, y0, caption, fontsize=fontsize, color="white", va="bottom", ha="left", clip_on=True,
+                    bbox=dict(facecolor=colour, edgecolor="none", pad=0.5, alpha=0.8))
+    return patches
+
+
+def plot_detections(ax: Axes, image, boxes, labels=None, scores=None, size=None, title: str | None = None,
+                    **box_kwargs) -> AxesImage:
+    """An image with its xyxy pixel boxes and class names (and scores): `show_image` + `draw_boxes`."""
+    im = show_image(ax, image, size, title)
+    draw_boxes(ax, boxes, labels, scores, **box_kwargs)
+    return im
+
+
+def plot_samples(samples: list[tuple], ncols: int = 4, fig: Figure | None = None) -> Figure:
+    """A grid of data set samples (image (3, H, W), target) with their ground-truth boxes.
+
+    Targets are `DetectionDataset`'s: "boxes" (n, 4) cxcywh normalised, "labels" (n,), "size" (h, w).
+    """
+    nrows = math.ceil(len(samples) / ncols)
+    fig = fig or Figure(figsize=(2.6 * ncols, 2.7 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, (image, target) in zip(axes, samples):
+        boxes = boxes_to_pixels(target["boxes"], target["size"])  # (n, 4) xyxy pixels
+        plot_detections(ax, image, boxes, target["labels"],
+                        title=f"image {int(target['image_id'])}: {len(boxes)} objects")
+    for ax in axes[len(samples):]:
+        ax.axis("off")
+    return fig
+
+
+def show_mask(ax: Axes, mask, title: str | None = "padding mask (white = padding)") -> AxesImage:
+    """Draw a (H, W) boolean padding mask (True = padding) as a black-and-white image."""
+    im = ax.imshow(np.asarray(mask, dtype=float), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return im
+
+
+# --- data set statistics ----------------------------------------------------------------------
+
+
+def annotation_statistics(coco: dict) -> dict:
+    """From a COCO instances dict: "area" (n,) box areas w·h in px², "aspect" (n,) w / h,
+    "objects_per_image" (I,), "class_counts" {name: count}."""
+    boxes = np.array([a["bbox"] for a in coco["annotations"]], dtype=float).reshape(-1, 4)  # (n, 4) xywh
+    per_image = Counter(a["image_id"] for a in coco["annotations"])
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    classes = Counter(names[a["category_id"]] for a in coco["annotations"])
+    return {"area": boxes[:, 2] * boxes[:, 3], "aspect": boxes[:, 2] / boxes[:, 3],
+            "objects_per_image": np.array([per_image.get(img["id"], 0) for img in coco["images"]]),
+            "class_counts": {names[k]: classes.get(names[k], 0) for k in sorted(names)}}
+
+
+def hist_box_area(ax: Axes, areas) -> None:
+    """Histogram of box areas (log scale) with COCO's small / large thresholds (32², 96²) marked."""
+    areas = np.asarray(areas, dtype=float)
+    bins = np.logspace(np.log10(max(areas.min(), 1.0)), np.log10(areas.max() + 1), 40)
+    ax.hist(areas, bins=bins, color="tab:gray")
+    ax.set_xscale("log")
+    for threshold, name in ((COCO_SMALL, "32²"), (COCO_LARGE, "96²")):
+        ax.axvline(threshold, color="tab:red", linestyle="--", linewidth=1)
+        ax.text(threshold, ax.get_ylim()[1] * 0.95, f" {name}", color="tab:red", va="top", fontsize=8)
+    small, large = (areas < COCO_SMALL).mean(), (areas > COCO_LARGE).mean()
+    ax.set_title(f"box area (px²): {small:.0%} small, {1 - small - large:.0%} medium, {large:.0%} large", fontsize=9)
+    ax.set_xlabel("w·h (px², log scale)")
+
+
+def hist_aspect_ratio(ax: Axes, aspects) -> None:
+    """Histogram of box aspect ratios w / h (log scale: 1:4 and 4:1 equally far from 1)."""
+    aspects = np.asarray(aspects, dtype=float)
+    ax.hist(aspects, bins=np.logspace(np.log10(aspects.min()), np.log10(aspects.max()), 30), color="tab:gray")
+    ax.set_xscale("log")
+    ax.set_xticks([0.25, 0.5, 1, 2, 4], labels=["1:4", "1:2", "1:1", "2:1", "4:1"])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.axvline(1.0, color="k", linewidth=0.8)
+    ax.set_title(f"aspect ratio w / h: {(aspects > 1).mean():.0%} wider than tall", fontsize=9)
+    ax.set_xlabel("w / h (log scale)")
+
+
+def hist_objects_per_image(ax: Axes, counts) -> None:
+    """Bar chart of the number of objects per image."""
+    counts = np.asarray(counts, dtype=int)
+    values = np.bincount(counts)  # (max + 1,)
+    ax.bar(np.arange(len(values)), values, color="tab:gray")
+    ax.set_title(f"objects per image: mean {counts.mean():.1f}, {(counts == 0).mean():.0%} empty", fontsize=9)
+    ax.set_xlabel("objects in the image")
+
+
+def bar_class_counts(ax: Axes, class_counts: dict) -> None:
+    """Bar chart of annotations per class."""
+    names = list(class_counts)
+    ax.bar(names, [class_counts[n] for n in names], color=[class_colour(i + 1) for i in range(len(names))])
+    ax.set_title("annotations per class", fontsize=9)
+    ax.tick_params(axis="x", labelsize=8)
+
+
+def plot_dataset_statistics(stats: dict, fig: Figure | None = None) -> Figure:
+    """The four panels of `annotation_statistics`: area, aspect ratio, objects per image, classes."""
+    fig = fig or Figure(figsize=(12, 2.8), layout="constrained")
+    ax_area, ax_aspect, ax_count, ax_class = fig.subplots(1, 4)
+    hist_box_area(ax_area, stats["area"])
+    hist_aspect_ratio(ax_aspect, stats["aspect"])
+    hist_objects_per_image(ax_count, stats["objects_per_image"])
+    bar_class_counts(ax_class, stats["class_counts"])
+    return fig
+
+
+# --- set prediction: costs and matches --------------------------------------------------------
+
+
+def plot_cost_matrix(ax: Axes, cost, pred_idx=None, tgt_idx=None, title: str | None = None,
+                     col_labels: list[str] | None = None, cmap: str = "viridis") -> AxesImage:
+    """A (Q, n) cost matrix as a heatmap (rows: predictions, columns: targets); the assignment
+    (pred_idx[k], tgt_idx[k]) is outlined in white. Seed: the "Set Prediction" formulas."""
+    cost = np.asarray(torch.as_tensor(cost).detach().cpu(), dtype=float)  # (Q, n)
+    im = ax.imshow(cost, cmap=cmap, aspect="auto", interpolation="nearest")
+    if pred_idx is not None:
+        for i, j in zip(np.asarray(pred_idx).tolist(), np.asarray(tgt_idx).tolist()):
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="white", linewidth=2))
+    ax.set_xlabel("target j")
+    ax.set_ylabel("prediction (query) i")
+    ax.set_xticks(range(cost.shape[1]))
+    if col_labels is not None:
+        ax.set_xticklabels(col_labels, rotation=90, fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.figure.colorbar(im, ax=ax, shrink=0.8)
+    return im
+
+
+def draw_matching(ax: Axes, image, pred_boxes, tgt_boxes, pred_idx, tgt_idx, tgt_labels=None,
+                  size=None, title: str | None = None, show_unmatched: bool = True) -> None:
+    """Ground truth (solid) and the prediction matched to it (dashed, same colour), joined by a
+    line between their centres; unmatched predictions (matched to ∅) as faint dotted boxes.
+
+    pred_boxes (Q, 4), tgt_boxes (n, 4) xyxy pixels; pred_idx, tgt_idx (n,) the assignment.
+    """
+    show_image(ax, image, size, title)
+    pred_boxes = torch.as_tensor(pred_boxes, dtype=torch.float32).reshape(-1, 4)  # (Q, 4)
+    tgt_boxes = torch.as_tensor(tgt_boxes, dtype=torch.float32).reshape(-1, 4)  # (n, 4)
+    matched = set(np.asarray(pred_idx).tolist())
+    if show_unmatched:
+        rest = [i for i in range(len(pred_boxes)) if i not in matched]
+        draw_boxes(ax, pred_boxes[rest], colours=["white"] * len(rest), linestyle=":", linewidth=0.6, text=False)
+    for k, (i, j) in enumerate(zip(np.asarray(pred_idx).tolist(), np.asarray(tgt_idx).tolist())):
+        colour = PALETTE[k % len(PALETTE)]
+        labels = None if tgt_labels is None else [tgt_labels[j]]
+        draw_boxes(ax, tgt_boxes[j:j + 1], labels, colours=[colour], linewidth=2)
+        draw_boxes(ax, pred_boxes[i:i + 1], colours=[colour], linestyle="--", linewidth=1.5, text=False)
+        (gx, gy), (px, py) = tgt_boxes[j].view(2, 2).mean(0).tolist(), pred_boxes[i].view(2, 2).mean(0).tolist()
+        ax.add_line(Line2D([gx, px], [gy, py], color=colour, linewidth=1))
+        ax.text(px, py, f"q{i}", color=colour, fontsize=7, ha="center", va="center",
+                bbox=dict(facecolor="white", edgecolor="none", pad=0.2, alpha=0.7))
+
+
+# --- positional encoding ----------------------------------------------------------------------
+
+
+def plot_position_encoding(pos: Tensor, channels: list[int], mask: Tensor | None = None,
+                           fig: Figure | None = None) -> Figure:
+    """Channels of one image's positional encoding pos (2d, H_f, W_f) (channels 0..d-1 encode y,
+    d..2d-1 encode x), with padded cells (mask (H_f, W_f) True) painted grey."""
+    pos = pos.detach().cpu()
+    d = pos.shape[0] // 2
+    fig = fig or Figure(figsize=(2.2 * len(channels), 2.4), layout="constrained")
+    axes = fig.subplots(1, len(channels), squeeze=False)[0]
+    for ax, c in zip(axes, channels):
+        ax.imshow(pos[c].numpy(), cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest")
+        if mask is not None:  # padding cells painted grey over the encoding
+            pad = np.asarray(mask, dtype=bool)
+            ax.imshow(np.ma.masked_where(~pad, pad.astype(float)), cmap=ListedColormap(["0.6"]),
+                      interpolation="nearest")
+        axis, k = ("y", c) if c < d else ("x", c - d)
+        ax.set_title(f"channel {c}: {'sin' if k % 2 == 0 else 'cos'} of {axis}, k={k // 2}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig
+
+
+# --- attention --------------------------------------------------------------------------------
+
+
+def cell_centre(y: int, x: int, feature_size, image_shape) -> tuple[float, float]:
+    """Pixel (x, y) of the centre of feature cell (y, x) on an image of image_shape (H, W)."""
+    (hf, wf), (h, w) = feature_size, image_shape
+    return (x + 0.5) * w / wf, (y + 0.5) * h / hf
+
+
+def attention_overlay(ax: Axes, image, attention, feature_mask=None, size=None, alpha: float = 0.6,
+                      cmap: str = "inferno", title: str | None = None) -> AxesImage:
+    """Overlay an attention map (H_f, W_f) on the (padded) image (3, H, W) it was computed from.
+
+    Each feature cell covers an (H / H_f) x (W / W_f) square, as the backbone's downsampled
+    padding mask assigns it; cells with feature_mask (H_f, W_f) True are padding and stay
+    transparent (they get no attention anyway). Returns the overlay's AxesImage, whose
+    `get_array()` is the map drawn. Seed: the encoder and decoder attention figures.
+    """
+    img = denormalize(image)  # (H, W, 3)
+    height, width = img.shape[:2]
+    show_image(ax, img, size, title)
+    attn = np.asarray(torch.as_tensor(attention).detach().cpu(), dtype=float)  # (H_f, W_f)
+    if feature_mask is not None:
+        attn = np.ma.masked_where(np.asarray(feature_mask, dtype=bool), attn)  # (H_f, W_f)
+    return ax.imshow(attn, extent=(0, width, height, 0), alpha=alpha, cmap=cmap, interpolation="nearest")
+
+
+def plot_encoder_attention(image, attention: Tensor, points: list[tuple[int, int]], feature_size,
+                           feature_mask=None, size=None, fig: Figure | None = None) -> Figure:
+    """Seed figure "Encoder self-attention for a set of reference points" (DETR Fig. 3).
+
+    attention (N, N) one encoder layer's weights (one head or the mean over heads) of one image,
+    N = H_f·W_f; points: reference cells (y, x). Left: the image with the points; then, for each
+    point, the row of `attention` it owns (where that token looks) over the image.
+    """
+    hf, wf = feature_size
+    img = denormalize(image)  # (H, W, 3)
+    fig = fig or Figure(figsize=(2.6 * (len(points) + 1), 2.9), layout="constrained")
+    axes = fig.subplots(1, len(points) + 1, squeeze=False)[0]
+    show_image(axes[0], img, size, "reference points")
+    for k, ((y, x), ax) in enumerate(zip(points, axes[1:])):
+        px, py = cell_centre(y, x, feature_size, img.shape[:2])
+        colour = PALETTE[k % len(PALETTE)]
+        axes[0].plot(px, py, marker="o", markersize=8, color=colour, markeredgecolor="white")
+        row = torch.as_tensor(attention)[y * wf + x].reshape(hf, wf)  # (H_f, W_f)
+        attention_overlay(ax, img, row, feature_mask, size, title=f"point ({y}, {x})")
+        ax.plot(px, py, marker="o", markersize=6, color=colour, markeredgecolor="white")
+    return fig
+
+
+def plot_decoder_attention(image, attention: Tensor, queries: list[int], boxes, labels, scores, feature_size,
+                           feature_mask=None, size=None, ncols: int = 4, fig: Figure | None = None) -> Figure:
+    """Seed figure "Visualizing decoder attention for every predicted object" (DETR Fig. 6).
+
+    attention (Q, N) one decoder layer's cross-attention (one head or the mean) of one image;
+    boxes (Q, 4) xyxy pixels, labels (Q,), scores (Q,): the predictions. One panel per query in
+    `queries`: where that object query looks in the image, with its predicted box.
+    """
+    hf, wf = feature_size
+    img = denormalize(image)  # (H, W, 3)
+    nrows = max(math.ceil(len(queries) / ncols), 1)
+    ncols = min(ncols, max(len(queries), 1))
+    fig = fig or Figure(figsize=(2.8 * ncols, 3.0 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for q, ax in zip(queries, axes):
+        row = torch.as_tensor(attention)[q].reshape(hf, wf)  # (H_f, W_f)
+        attention_overlay(ax, img, row, feature_mask, size,
+                          title=f"query {q}: {class_name(labels[q])} {float(scores[q]):.2f}")
+        draw_boxes(ax, torch.as_tensor(boxes)[q:q + 1], colours=["cyan"], text=False)
+    for ax in axes[len(queries):]:
+        ax.axis("off")
+    return fig
+
+
+# --- the query-slot figure --------------------------------------------------------------------
+
+
+def box_modes(boxes: Tensor, sizes: Tensor, small_area: float = COCO_SMALL) -> np.ndarray:
+    """The seed slot figure's three colours for (..., 4) cxcywh boxes normalised by image sizes
+    (..., 2) = (h, w): 0 small (pixel area < `small_area`, COCO's 32²), else 1 large horizontal
+    (w >= h in pixels) or 2 large vertical. The paper does not state its thresholds; these are ours."""
+    boxes, sizes = torch.as_tensor(boxes, dtype=torch.float32), torch.as_tensor(sizes, dtype=torch.float32)
+    w_px = boxes[..., 2] * sizes[..., 1]  # (...,)
+    h_px = boxes[..., 3] * sizes[..., 0]  # (...,)
+    modes = torch.where(w_px >= h_px, 1, 2)  # (...,)
+    modes = torch.where(w_px * h_px < small_area, 0, modes)  # (...,)
+    return modes.numpy()
+
+
+def plot_query_slots(boxes: Tensor, keep: Tensor, sizes: Tensor, slots=range(20), ncols: int = 5,
+                     show_rejected: bool = True, fig: Figure | None = None) -> Figure:
+    """Seed figure "all box predictions on all images of the val set for 20 of N prediction slots".
+
+    boxes (I, Q, 4) cxcywh normalised predictions on I images, keep (I, Q) which to draw (the
+    notebook: argmax class is not ∅), sizes (I, 2) image (h, w). One unit-square panel per slot
+    in `slots`; each kept prediction is a dot at its box centre (y down, as in the image),
+    coloured green (small), red (large horizontal) or blue (large vertical), see `box_modes`.
+    With `show_rejected`, predictions not kept are light grey dots underneath.
+    """
+    boxes = torch.as_tensor(boxes, dtype=torch.float32)
+    keep = torch.as_tensor(keep, dtype=torch.bool)
+    sizes = torch.as_tensor(sizes)
+    slots = list(slots)
+    modes = box_modes(boxes, sizes[:, None, :].expand(-1, boxes.shape[1], -1))  # (I, Q)
+    nrows = math.ceil(len(slots) / ncols)
+    fig = fig or Figure(figsize=(2.0 * ncols, 2.1 * nrows + 0.4), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for slot, ax in zip(slots, axes):
+        centres = boxes[:, slot, :2].numpy()  # (I, 2)
+        kept = keep[:, slot].numpy()  # (I,)
+        if show_rejected:
+            ax.scatter(centres[~kept, 0], centres[~kept, 1], s=2, color="0.85", linewidths=0)
+        colours = np.array(MODE_COLOURS)[modes[kept, slot]]
+        ax.scatter(centres[kept, 0], centres[kept, 1], s=4, c=colours, linewidths=0)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(1, 0)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"slot {slot}: {int(kept.sum())} boxes", fontsize=8)
+    for ax in axes[len(slots):]:
+        ax.axis("off")
+    handles = [Line2D([], [], marker="o", linestyle="", color=c, label=n) for c, n in zip(MODE_COLOURS, MODE_NAMES)]
+    if show_rejected:
+        handles.append(Line2D([], [], marker="o", linestyle="", color="0.8", label="predicted ∅ (not counted)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
+    return fig
