@@ -23,7 +23,7 @@ def cmd_train(args) -> None:
                       lr=args.lr, lr_backbone=args.lr_backbone, weight_decay=args.weight_decay,
                       clip_max_norm=args.clip_max_norm, schedule=args.schedule, lr_drop=args.lr_drop,
                       warmup_iters=args.warmup_iters, seed=args.seed, workers=args.workers,
-                      eval_every=args.eval_every, max_train_time=args.max_train_time,
+                      eval_every=args.eval_every, max_train_time=args.max_train_time, lr_drop_time=args.lr_drop_time,
                       train_images=args.train_images, val_images=args.val_images,
                       resize=tuple(args.resize) if args.resize else None, resume=args.resume,
                       progress=not args.no_progress, model_overrides=overrides)
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--eval-every", type=int, default=1)
     p.add_argument("--max-train-time", type=float, default=None, help="seconds")
+    p.add_argument("--lr-drop-time", type=float, default=None, help="seconds of training before the x0.1 drop")
     p.add_argument("--train-images", type=int, default=None)
     p.add_argument("--val-images", type=int, default=None)
     p.add_argument("--resize", type=int, nargs=2, default=None, metavar=("SHORT", "MAX"))

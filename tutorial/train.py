@@ -54,6 +54,7 @@ class TrainConfig:
     workers: int = 2  # data-loading processes
     eval_every: int = 1  # epochs between COCO evaluations on val (the last epoch always)
     max_train_time: float | None = None  # stop after the epoch in which this many seconds are spent
+    lr_drop_time: float | None = None  # with a time budget: x0.1 from the first epoch starting after this many s
     train_images: int | None = None  # use only the first n training images (tests, quick runs)
     val_images: int | None = None
     resize: tuple[int, int] | None = None  # (shorter side, max longer side) for real COCO, e.g. (800, 1333)
@@ -72,10 +73,13 @@ def subset(dataset, n: int | None):
     return dataset if n is None else torch.utils.data.Subset(dataset, range(min(n, len(dataset))))
 
 
-def lr_factor(cfg: TrainConfig, it: int, iters_per_epoch: int) -> float:
-    """Multiplier of the base learning rate at iteration `it`: linear warm-up, then step or cosine."""
+def lr_factor(cfg: TrainConfig, it: int, iters_per_epoch: int, time_dropped: bool = False) -> float:
+    """Multiplier of the base learning rate at iteration `it`: linear warm-up, then step or cosine
+    (or, for time-budgeted runs, a step once `lr_drop_time` seconds of training have passed)."""
     if it < cfg.warmup_iters:
         return (it + 1) / cfg.warmup_iters
+    if cfg.lr_drop_time is not None:
+        return 0.1 if time_dropped else 1.0
     total = cfg.epochs * iters_per_epoch
     if cfg.schedule == "cosine":
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(it / total, 1.0)))
@@ -137,7 +141,8 @@ def train(cfg: TrainConfig) -> nn.Module:
                                          persistent_workers=cfg.workers > 0)
     criterion = model.build_criterion()
     optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(cfg, it, len(loader)))
+    time_dropped = [False]  # set once train_time passes cfg.lr_drop_time
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(cfg, it, len(loader), time_dropped[0]))
 
     start_epoch, train_time = 0, 0.0
     if cfg.resume and (out / "checkpoint.pt").exists():
@@ -159,6 +164,7 @@ def train(cfg: TrainConfig) -> nn.Module:
     for epoch in range(start_epoch, cfg.epochs):
         if world_size > 1:
             sampler.set_epoch(epoch)
+        time_dropped[0] = cfg.lr_drop_time is not None and train_time >= cfg.lr_drop_time
         t0 = time.perf_counter()
         stats = train_one_epoch(model, criterion, loader, optimizer, scheduler, cfg, epoch, device)
         train_time += all_reduce_mean(time.perf_counter() - t0, device)

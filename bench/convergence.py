@@ -1,0 +1,96 @@
+"""Convergence: val AP against training time and epochs, several models, the same CPU budget.
+
+    # train each model for the same budget (seconds of training, evaluation excluded), one at a time,
+    # the learning rate dropping x0.1 after 2/3 of the budget:
+    python bench/convergence.py train --models detr_tiny deformable_detr_tiny --budget 7200 --threads 1
+    # collect the runs' metrics.jsonl into bench/results/convergence.json and convergence.png:
+    python bench/convergence.py report --runs runs/convergence/detr_tiny runs/convergence/deformable_detr_tiny
+
+Each model trains with its own recipe (`RECIPES`: the paper's optimiser settings where they fit
+a CPU batch of 16) through the package's own `python -m tutorial train`; the runs' checkpoints
+are the ones `python -m tutorial ship` turns into data/checkpoints/*.pt. The seed's claim for
+Deformable DETR is "10x fewer epochs" than DETR; this measures what happens here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Per-model training flags (besides --model/--out/--epochs/--max-train-time).
+RECIPES = {
+    "detr_tiny": ["--lr", "2e-4", "--lr-backbone", "2e-4"],
+    "deformable_detr_tiny": ["--lr", "2e-4", "--lr-backbone", "2e-4"],
+}
+
+
+def train_command(model: str, out: Path, budget: float, threads: int | None) -> list[str]:
+    cmd = [sys.executable, "-m", "tutorial", "train", "--model", model, "--out", str(out), "--epochs", "1000",
+           "--max-train-time", str(budget), "--lr-drop-time", str(round(2 * budget / 3)), "--workers", "1",
+           "--no-progress", *RECIPES.get(model, [])]
+    return cmd + (["--threads", str(threads)] if threads else [])
+
+
+def read_curve(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [{k: r[k] for k in ("epoch", "train_time", "AP", "AP50", "AP75", "APs", "APm", "APl") if k in r}
+            for r in rows if "AP" in r]
+
+
+def report(runs: list[Path], out_name: str = "convergence") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.common import RESULTS, write_json
+
+    curves = {}
+    for run in runs:
+        curves[run.name] = read_curve(run)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, curve in curves.items():
+        hours = [r["train_time"] / 3600 for r in curve]
+        axes[0].plot(hours, [r["AP"] for r in curve], marker=".", label=name)
+        axes[1].plot([r["epoch"] + 1 for r in curve], [r["AP"] for r in curve], marker=".", label=name)
+    axes[0].set(xlabel="training time (h, this CPU)", ylabel="val AP (shapes)", title="AP against time")
+    axes[1].set(xlabel="epoch", ylabel="val AP (shapes)", title="AP against epochs")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    RESULTS.mkdir(exist_ok=True)
+    fig.savefig(RESULTS / f"{out_name}.png", dpi=120)
+    summary = {name: {"epochs": c[-1]["epoch"] + 1, "train_time_s": c[-1]["train_time"], "final": c[-1],
+                      "best_AP": max(r["AP"] for r in c)} for name, c in curves.items() if c}
+    write_json(out_name, {"runs": {n: str(r) for n, r in zip(curves, runs)}, "summary": summary, "curves": curves})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--models", nargs="+", required=True)
+    t.add_argument("--budget", type=float, required=True, help="seconds of training per model")
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--runs-dir", default="runs/convergence")
+    r = sub.add_parser("report")
+    r.add_argument("--runs", nargs="+", required=True)
+    r.add_argument("--name", default="convergence")
+    args = p.parse_args()
+    if args.cmd == "train":
+        for model in args.models:
+            cmd = train_command(model, ROOT / args.runs_dir / model, args.budget, args.threads)
+            print(" ".join(cmd))
+            subprocess.run(cmd, check=True, cwd=ROOT)
+    else:
+        report([Path(x) for x in args.runs], args.name)
+
+
+if __name__ == "__main__":
+    main()
