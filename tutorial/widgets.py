@@ -210,9 +210,9 @@ class MatchingView(View):
         else:
             self.assignment = hungarian_match(self.costs["total"])  # (n,), (n,)
             term = self.controls["term"].value
+            names = [f"{j}: {plots.class_name(c)}" for j, c in enumerate(t["labels"].tolist())]
             plots.plot_cost_matrix(ax_cost, self.costs[term], *self.assignment,
-                                   title=f"{term} cost, assignment from the total (white)",
-                                   col_labels=[f"{j}: {plots.class_name(c)}" for j, c in enumerate(t["labels"].tolist())])
+                                   title=f"{term} cost, assignment from the total (white)", col_labels=names)
         total = self.costs["total"][self.assignment].sum().item()
         plots.draw_matching(ax_image, r["image"], r["boxes"], plots.boxes_to_pixels(t["boxes"], r["size"]),
                             *self.assignment, t["labels"],
