@@ -7,7 +7,9 @@ non-trivial, with the properties the seed deck's figures need:
 - 5 classes (rectangle, ellipse, triangle, cross, ring) whose colours are random, so only the
   shape tells the class apart;
 - box areas drawn from COCO's small (< 32²), medium and large (> 96²) ranges with COCO's odds
-  (41/34/25%), then log-uniformly inside the range, at our image size (112-160 px a side);
+  (41/34/25%), then log-uniformly inside the range, at our image size (112-160 px a side).
+  Clipping large boxes to the image and redrawing boxes that would hide others shift the mix:
+  the default train split has 56% small, 30% medium and 14% large boxes (29,870 boxes);
 - aspect ratios from 1:4 to 4:1, so "small", "large horizontal" and "large vertical" boxes
   exist (the DETR slot figure's three operating modes);
 - 0 to 12 objects per image (about 8% of images empty), overlapping, with occlusion bounded so
