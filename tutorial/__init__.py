@@ -6,7 +6,9 @@ Shape glossary, used in every shape comment of the package:
     H, W  feature-map height/width N  tokens (N = H·W, or Σ_l H_l·W_l)
     M  attention heads            L  feature levels (or layers, where said)
     P  sampling points per level  K  classes (+1 for "no object" where softmax is used)
-    D  SSM state size             n  ground-truth boxes in an image
+    n  ground-truth boxes in an image
+    The state-space files (ssm, parallel_scan, selective_scan, mamba, ss2d) use the Mamba
+    paper's letters instead: L sequence length, D channels, N state size (see their glossaries).
 
 Start with `build_model(name)` / `list_models()`; the notebooks in `notebooks/` walk through
 each model in order.
