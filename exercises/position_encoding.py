@@ -27,3 +27,17 @@ def sine_position_encoding(mask: Tensor, num_pos_feats: int = 128, temperature: 
     (DETR uses offset 0; Deformable DETR uses offset -0.5, the pixel centre.)
     """
     raise NotImplementedError("exercise: sine_position_encoding (see tutorial/position_encoding.py)")
+
+
+def anchor_position_encoding(anchors: Tensor, num_pos_feats: int = 128, temperature: float = 10000.0) -> Tensor:
+    """Sine encoding of reference points or anchor boxes, PE(x, y) or PE(x, y, w, h).  [exercise]
+
+    anchors (..., 2) points (x, y) or (..., 4) boxes (x, y, w, h), in [0, 1] -> (..., 2·F) or
+    (..., 4·F), F = num_pos_feats. Each coordinate v gets F channels of the feature map's
+    sinusoid, 2πv playing the normalised pixel index: channel 2k is sin(2πv / T^(2k/F)) and
+    channel 2k+1 is cos(2πv / T^(2k/F)). The blocks are concatenated in the order y, x, w, h:
+    y before x as in the feature map's encoding above, so that PE(x, y) of a point lines up with
+    the pixels' (official `gen_sineembed_for_position`). Seed, "DAB-DETR":
+    PE(A_q) = Cat(PE(x_q), PE(y_q), PE(w_q), PE(h_q)), up to that order.
+    """
+    raise NotImplementedError("exercise: anchor_position_encoding (see tutorial/position_encoding.py)")

@@ -71,15 +71,55 @@ class MultiHeadAttention(nn.Module):
         Without `need_weights` the same computation runs in PyTorch's fused
         `F.scaled_dot_product_attention` (several times faster on a CPU; tested equal).
         """
-        m = self.num_heads
-        q = rearrange(self.q_proj(query), "b q (m d) -> b m q d", m=m)  # (B, M, Q, d)
-        k = rearrange(self.k_proj(key), "b n (m d) -> b m n d", m=m)  # (B, M, N, d)
-        v = rearrange(self.v_proj(value), "b n (m d) -> b m n d", m=m)  # (B, M, N, d)
         dropout = self.dropout if self.training else 0.0
-        if need_weights:
-            out, weights = scaled_dot_product_attention(q, k, v, key_padding_mask, attn_mask, dropout)
-        else:
-            out, weights = F.scaled_dot_product_attention(
-                q, k, v, allowed_mask(key_padding_mask, attn_mask), dropout_p=dropout), None  # (B, M, Q, d)
-        out = rearrange(out, "b m q d -> b q (m d)")  # (B, Q, C)
+        out, weights = attend(self.q_proj(query), self.k_proj(key), self.v_proj(value), self.num_heads,
+                              key_padding_mask, attn_mask, dropout, need_weights)  # (B, Q, C), (B, M, Q, N)
+        return self.out_proj(out), weights
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, num_heads: int, key_padding_mask: Tensor | None = None,
+           attn_mask: Tensor | None = None, dropout: float = 0.0,
+           need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Split projected q (B, Q, M·d), k (B, N, M·d), v (B, N, M·d_v) into M heads, attend, merge.
+
+    Returns (out (B, Q, M·d_v), weights (B, M, Q, N) or None). With `need_weights` the explicit
+    `scaled_dot_product_attention` above runs; otherwise PyTorch's fused kernel (same result).
+    """
+    q = rearrange(q, "b q (m d) -> b m q d", m=num_heads)  # (B, M, Q, d)
+    k = rearrange(k, "b n (m d) -> b m n d", m=num_heads)  # (B, M, N, d)
+    v = rearrange(v, "b n (m d) -> b m n d", m=num_heads)  # (B, M, N, d_v)
+    if need_weights:
+        out, weights = scaled_dot_product_attention(q, k, v, key_padding_mask, attn_mask, dropout)
+    else:
+        out, weights = F.scaled_dot_product_attention(
+            q, k, v, allowed_mask(key_padding_mask, attn_mask), dropout_p=dropout), None  # (B, M, Q, d_v)
+    return rearrange(out, "b m q d -> b q (m d)"), weights  # (B, Q, M·d_v)
+
+
+class PreProjectedAttention(nn.Module):
+    """Multi-head attention whose queries, keys and values arrive already projected: only the
+    output projection is learned (official Conditional DETR / DAB-DETR `MultiheadAttention`, whose
+    in-projections were removed).
+
+    The caller builds q and k, e.g. by concatenating a content and a spatial part within each
+    head, so q and k may be wider (M·d_qk) than v (M·d_v = C). The logits are scaled by
+    1/√d_qk, the width of one head's query, as in the official code.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        assert d_model % num_heads == 0, f"d_model {d_model} is not divisible by num_heads {num_heads}"
+        self.num_heads, self.dropout = num_heads, dropout
+        self.out_proj = nn.Linear(d_model, d_model)  # C -> C: only the values' width matters here
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None,
+                attn_mask: Tensor | None = None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """q (B, Q, M·d_qk), k (B, N, M·d_qk), v (B, N, C) -> (out (B, Q, C), weights (B, M, Q, N) or None)."""
+        if q.shape[-1] != k.shape[-1] or q.shape[-1] % self.num_heads:
+            raise ValueError(f"PreProjectedAttention: q width {q.shape[-1]} and k width {k.shape[-1]} must be "
+                             f"equal and divisible by num_heads {self.num_heads}")
+        dropout = self.dropout if self.training else 0.0
+        out, weights = attend(q, k, v, self.num_heads, key_padding_mask, attn_mask, dropout,
+                              need_weights)  # (B, Q, C), (B, M, Q, N)
         return self.out_proj(out), weights

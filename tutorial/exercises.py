@@ -45,6 +45,8 @@ EXERCISES = [
     Exercise("criterion", "hungarian_loss", (checks.check_hungarian_loss, checks.check_hungarian_loss_permutation)),
     Exercise("deformable_attention", "bilinear_sample", (checks.check_bilinear_sample,)),
     Exercise("deformable_attention", "ms_deform_attn_core", (checks.check_ms_deform_attn_core,)),
+    Exercise("position_encoding", "anchor_position_encoding", (checks.check_anchor_position_encoding,)),
+    Exercise("dn_detr", "dn_attention_mask", (checks.check_dn_attention_mask, checks.check_dn_attention_mask_properties)),
     Exercise("ssm", "discretize_zoh", (checks.check_discretize_zoh,)),
     Exercise("parallel_scan", "scan_combine", (checks.check_scan_combine,)),
     Exercise("parallel_scan", "parallel_scan", (checks.check_parallel_scan,)),

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from . import deformable_detr, detr
+from . import conditional_detr, dab_detr, deformable_detr, detr, dn_detr
 
 PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
     "detr_r50": (detr.DETR, detr.detr_r50),
@@ -21,6 +21,12 @@ PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
     "deformable_detr_r50_refine": (deformable_detr.DeformableDETR, deformable_detr.deformable_detr_r50_refine),
     "deformable_detr_r50_two_stage": (deformable_detr.DeformableDETR, deformable_detr.deformable_detr_r50_two_stage),
     "deformable_detr_tiny": (deformable_detr.DeformableDETR, deformable_detr.deformable_detr_tiny),
+    "conditional_detr_r50": (conditional_detr.ConditionalDETR, conditional_detr.conditional_detr_r50),
+    "conditional_detr_tiny": (conditional_detr.ConditionalDETR, conditional_detr.conditional_detr_tiny),
+    "dab_detr_r50": (dab_detr.DABDETR, dab_detr.dab_detr_r50),
+    "dab_detr_tiny": (dab_detr.DABDETR, dab_detr.dab_detr_tiny),
+    "dn_detr_r50": (dn_detr.DNDETR, dn_detr.dn_detr_r50),
+    "dn_detr_tiny": (dn_detr.DNDETR, dn_detr.dn_detr_tiny),
 }
 
 

@@ -1,4 +1,5 @@
-"""2-D positional encodings of a feature map: sine (fixed) and learned (DETR, Sec. 3.2 and A.4).
+"""2-D positional encodings of a feature map: sine (fixed) and learned (DETR, Sec. 3.2 and A.4);
+and the same sine encoding of points and boxes (Conditional DETR, DAB-DETR).
 
 Attention is permutation-invariant, so where a feature sits must be added to it. DETR uses the
 Transformer's sinusoid in each of y and x, with half the channels for each:
@@ -10,7 +11,9 @@ to (0, 2π], so a padded image gets the same encoding as the same image unpadded
 variant has one embedding per row and per column (50 each, as in the official code).
 
 Seed: the positional-encoding ablation table (DETR Table 3) compares where these are added;
-see `tutorial/transformer.py`.
+see `tutorial/transformer.py`. Conditional DETR and DAB-DETR encode a query's reference point
+(or anchor box) with the same sinusoid (`anchor_position_encoding`), so that a query and a
+pixel at the same place get similar codes: seed, "DAB-DETR", P_q = MLP(PE(A_q)).
 
 Glossary: B batch, H, W feature map, C channels (C/2 per axis).
 """
@@ -46,6 +49,28 @@ def sine_position_encoding(mask: Tensor, num_pos_feats: int = 128, temperature: 
     pos_y = torch.stack([pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()], dim=4).flatten(3)  # (B, H, W, d)
     pos_x = torch.stack([pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()], dim=4).flatten(3)  # (B, H, W, d)
     return torch.cat([pos_y, pos_x], dim=3).permute(0, 3, 1, 2)  # (B, 2d, H, W)
+
+
+def anchor_position_encoding(anchors: Tensor, num_pos_feats: int = 128, temperature: float = 10000.0) -> Tensor:
+    """Sine encoding of reference points or anchor boxes, PE(x, y) or PE(x, y, w, h).  [exercise]
+
+    anchors (..., 2) points (x, y) or (..., 4) boxes (x, y, w, h), in [0, 1] -> (..., 2·F) or
+    (..., 4·F), F = num_pos_feats. Each coordinate v gets F channels of the feature map's
+    sinusoid, 2πv playing the normalised pixel index: channel 2k is sin(2πv / T^(2k/F)) and
+    channel 2k+1 is cos(2πv / T^(2k/F)). The blocks are concatenated in the order y, x, w, h:
+    y before x as in the feature map's encoding above, so that PE(x, y) of a point lines up with
+    the pixels' (official `gen_sineembed_for_position`). Seed, "DAB-DETR":
+    PE(A_q) = Cat(PE(x_q), PE(y_q), PE(w_q), PE(h_q)), up to that order.
+    """
+    if anchors.shape[-1] not in (2, 4):
+        raise ValueError(f"anchor_position_encoding: expected (..., 2) points or (..., 4) boxes, "
+                         f"got shape {tuple(anchors.shape)}")
+    i = torch.arange(num_pos_feats, dtype=anchors.dtype, device=anchors.device)  # (F,)
+    freq = temperature ** (2 * (i // 2) / num_pos_feats)  # (F,): pairs (2k, 2k+1) share a frequency
+    angle = anchors[..., None] * (2 * math.pi) / freq  # (..., 2|4, F)
+    pe = torch.stack([angle[..., 0::2].sin(), angle[..., 1::2].cos()], dim=-1).flatten(-2)  # (..., 2|4, F)
+    order = [1, 0, 2, 3][: anchors.shape[-1]]  # y, x (, w, h)
+    return pe[..., order, :].flatten(-2)  # (..., 2F | 4F)
 
 
 class SinePositionEncoding(nn.Module):

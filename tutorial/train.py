@@ -98,12 +98,14 @@ def train_one_epoch(model, criterion, loader, optimizer, scheduler, cfg: TrainCo
                     device) -> dict[str, float]:
     """One pass over `loader`; returns the epoch's mean loss terms."""
     model.train()
+    # DN-DETR builds its denoising queries from the targets: models that need them say so
+    uses_targets = getattr(getattr(model, "module", model), "uses_targets", False)  # `module`: under DDP
     sums: dict[str, float] = {}
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not (cfg.progress and is_main()), leave=False)
     for it, (images, mask, targets) in enumerate(bar):
         images, mask = images.to(device), mask.to(device)
         targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
-        outputs = model(images, mask)
+        outputs = model(images, mask, targets=targets) if uses_targets else model(images, mask)
         losses = criterion(outputs, targets)
         loss = losses["loss"]
         if not torch.isfinite(loss):

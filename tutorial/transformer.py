@@ -19,12 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import MultiHeadAttention
 
 POSITION_PLACES = ("attn", "input", "none")
+# PReLU learns one slope (1 parameter per FFN); the official DAB-DETR and DN-DETR use it.
+ACTIVATIONS = {"relu": nn.ReLU, "prelu": nn.PReLU, "gelu": nn.GELU}
 
 
 @dataclass
@@ -52,25 +53,29 @@ def with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
 
 
 class FFN(nn.Module):
-    """Linear -> ReLU -> dropout -> Linear: the position-wise feed-forward network, (..., C) -> (..., C)."""
+    """Linear -> activation (ReLU by default) -> dropout -> Linear: the position-wise feed-forward
+    network, (..., C) -> (..., C)."""
 
-    def __init__(self, d_model: int, dim_feedforward: int, dropout: float):
+    def __init__(self, d_model: int, dim_feedforward: int, dropout: float, activation: str = "relu"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"FFN activation: expected one of {tuple(ACTIVATIONS)}, got {activation!r}")
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.dropout = nn.Dropout(dropout)
+        self.activation = ACTIVATIONS[activation]()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+        return self.linear2(self.dropout(self.activation(self.linear1(x))))
 
 
 class EncoderLayer(nn.Module):
     """x <- LN(x + SelfAttn(q=k=x+pos, v=x)); x <- LN(x + FFN(x))."""
 
-    def __init__(self, cfg: TransformerConfig):
+    def __init__(self, cfg: TransformerConfig, activation: str = "relu"):
         super().__init__()
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.dropout)
-        self.ffn = FFN(cfg.d_model, cfg.dim_feedforward, cfg.dropout)
+        self.ffn = FFN(cfg.d_model, cfg.dim_feedforward, cfg.dropout, activation)
         self.norm1, self.norm2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
         self.dropout1, self.dropout2 = nn.Dropout(cfg.dropout), nn.Dropout(cfg.dropout)
 
