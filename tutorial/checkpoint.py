@@ -60,9 +60,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+def saved_config(ckpt: dict, model: nn.Module) -> dict:
+    """The checkpoint's config with fields added to the config class since it was saved filled
+    in with their defaults (so adding an option does not orphan older checkpoints)."""
+    return dataclasses.asdict(config_from_dict(type(model.cfg), ckpt["config"]))
+
+
 def load_weights(model: nn.Module, ckpt: dict, path: str | os.PathLike) -> None:
     """Load `ckpt["model"]` into `model` after checking that the configs agree."""
-    diffs = config_differences(ckpt["config"], dataclasses.asdict(model.cfg))
+    diffs = config_differences(saved_config(ckpt, model), dataclasses.asdict(model.cfg))
     if diffs:
         raise CheckpointError(f"{path}: checkpoint config does not match the model: " + "; ".join(diffs))
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}

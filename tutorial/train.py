@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .checkpoint import config_differences, load_checkpoint, save_atomic
+from .checkpoint import config_differences, load_checkpoint, save_atomic, saved_config
 from .dataset import DetectionDataset, collate
 from .distributed import all_reduce_mean, barrier, broadcast_buffers, init_distributed, is_main
 from .evaluate import evaluate
@@ -149,7 +149,7 @@ def train(cfg: TrainConfig) -> nn.Module:
     start_epoch, train_time = 0, 0.0
     if cfg.resume and (out / "checkpoint.pt").exists():
         ckpt = load_checkpoint(out / "checkpoint.pt")
-        diffs = config_differences(ckpt["config"], dataclasses.asdict(model.cfg))
+        diffs = config_differences(saved_config(ckpt, model), dataclasses.asdict(model.cfg))
         if diffs:
             raise ValueError(f"{out / 'checkpoint.pt'}: cannot resume, the model config differs: {'; '.join(diffs)}")
         model.load_state_dict(ckpt["model"])
