@@ -76,3 +76,13 @@ def test_two_cpu_processes_stay_in_sync(small_shapes, tmp_path):
     assert any(not torch.equal(init[k], r0[k]) for k in r0 if init[k].is_floating_point())
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # only rank 0 writes
+
+
+def test_instability_score_is_tracked(small_shapes, tmp_path):
+    """With --instability-images, every epoch after the first records IS (DN-DETR's Fig. 2)."""
+    out = tmp_path / "run"
+    train(tiny_train_config(small_shapes, out, epochs=2, instability_images=8))
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "IS" not in lines[0] and isinstance(lines[1]["IS"], int)
+    # at most every prediction of every tracked image can change its match
+    assert 0 <= lines[1]["IS"] <= 8 * 15

@@ -26,6 +26,7 @@ def cmd_train(args) -> None:
                       eval_every=args.eval_every, max_train_time=args.max_train_time, lr_drop_time=args.lr_drop_time,
                       train_images=args.train_images, val_images=args.val_images,
                       resize=tuple(args.resize) if args.resize else None, resume=args.resume,
+                      instability_images=args.instability_images,
                       progress=not args.no_progress, model_overrides=overrides)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-images", type=int, default=None)
     p.add_argument("--val-images", type=int, default=None)
     p.add_argument("--resize", type=int, nargs=2, default=None, metavar=("SHORT", "MAX"))
+    p.add_argument("--instability-images", type=int, default=0,
+                   help="track the instability score (DN-DETR) on this many val images")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--no-progress", action="store_true")

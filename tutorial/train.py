@@ -29,6 +29,7 @@ from .checkpoint import config_differences, load_checkpoint, save_atomic, saved_
 from .dataset import DetectionDataset, collate
 from .distributed import all_reduce_mean, barrier, broadcast_buffers, init_distributed, is_main
 from .evaluate import evaluate
+from .instability import instability, matched_targets
 from .models import build_model
 
 
@@ -58,6 +59,7 @@ class TrainConfig:
     train_images: int | None = None  # use only the first n training images (tests, quick runs)
     val_images: int | None = None
     resize: tuple[int, int] | None = None  # (shorter side, max longer side) for real COCO, e.g. (800, 1333)
+    instability_images: int = 0  # > 0: track DN-DETR's instability score on this many val images
     resume: bool = False  # continue from out/checkpoint.pt
     progress: bool = True
     model_overrides: dict = field(default_factory=dict)  # build_model(model, **model_overrides)
@@ -146,6 +148,11 @@ def train(cfg: TrainConfig) -> nn.Module:
     time_dropped = [False]  # set once train_time passes cfg.lr_drop_time
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(cfg, it, len(loader), time_dropped[0]))
 
+    # Instability score (seed, DN-DETR Fig. 2): the matching of a fixed set, compared epoch to epoch.
+    fixed_batches = [collate([val_set[i] for i in range(s, min(s + cfg.batch_size, cfg.instability_images))])
+                     for s in range(0, min(cfg.instability_images, len(val_set)), cfg.batch_size)]
+    previous_matching = None
+
     start_epoch, train_time = 0, 0.0
     if cfg.resume and (out / "checkpoint.pt").exists():
         ckpt = load_checkpoint(out / "checkpoint.pt")
@@ -156,6 +163,7 @@ def train(cfg: TrainConfig) -> nn.Module:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, train_time = ckpt["epoch"] + 1, ckpt["train_time"]
+        previous_matching = ckpt.get("matched_targets")
         torch.set_rng_state(ckpt["rng"])
         if is_main() and cfg.progress:
             print(f"resuming {out / 'checkpoint.pt'} after epoch {ckpt['epoch']}")
@@ -177,10 +185,16 @@ def train(cfg: TrainConfig) -> nn.Module:
         if is_main():
             if (epoch + 1) % cfg.eval_every == 0 or last:
                 record.update(evaluate(unwrapped, val_set, cfg.batch_size, 0, device, cfg.progress))
+            if fixed_batches:
+                matching = matched_targets(unwrapped, fixed_batches)
+                if previous_matching is not None:
+                    record["IS"] = instability(previous_matching, matching)
+                previous_matching = matching
             save_atomic({"preset": cfg.model, "config": dataclasses.asdict(unwrapped.cfg),
                          "model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "epoch": epoch, "train_time": train_time,
-                         "rng": torch.get_rng_state(), "train_config": dataclasses.asdict(cfg)},
+                         "rng": torch.get_rng_state(), "train_config": dataclasses.asdict(cfg),
+                         "matched_targets": previous_matching},
                         out / "checkpoint.pt")
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
