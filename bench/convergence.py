@@ -26,6 +26,10 @@ sys.path.insert(0, str(ROOT))
 RECIPES = {
     "detr_tiny": ["--lr", "2e-4", "--lr-backbone", "2e-4"],
     "deformable_detr_tiny": ["--lr", "2e-4", "--lr-backbone", "2e-4"],
+    "conditional_detr_tiny": ["--lr", "2e-4", "--lr-backbone", "2e-4"],
+    # DAB-DETR and DN-DETR also record the instability score, on the whole val set (DN-DETR Fig. 2)
+    "dab_detr_tiny": ["--lr", "2e-4", "--lr-backbone", "2e-4", "--instability-images", "500"],
+    "dn_detr_tiny": ["--lr", "2e-4", "--lr-backbone", "2e-4", "--instability-images", "500"],
 }
 
 
