@@ -42,7 +42,8 @@ def main() -> None:
     for step in range(args.warmup + args.steps):
         images, mask, targets = collate([data[(step * args.batch_size + i) % len(data)] for i in range(args.batch_size)])
         t0 = time.perf_counter()
-        loss = criterion(model(images, mask), targets)["loss"]
+        outputs = model(images, mask, targets=targets) if getattr(model, "uses_targets", False) else model(images, mask)
+        loss = criterion(outputs, targets)["loss"]
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
