@@ -20,8 +20,9 @@ import tutorial  # noqa: E402
 from tutorial import plots  # noqa: E402
 from tutorial.dataset import DetectionDataset  # noqa: E402
 from tutorial.matcher import matching_cost  # noqa: E402
-from tutorial.widgets import (DecoderAttentionView, EncoderAttentionView, ImageBrowser,  # noqa: E402
-                              MatchingView, ModelRunner)
+from tutorial.deformable_attention import MSDeformAttn  # noqa: E402
+from tutorial.widgets import (DecoderAttentionView, DeformableRunner, EncoderAttentionView,  # noqa: E402
+                              ImageBrowser, MatchingView, ModelRunner, SamplingPointsView)
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +187,84 @@ def test_box_modes_follow_the_slot_figure_colours():
                           [0.5, 0.5, 0.5, 0.2],  # 100 x 20 px: large horizontal
                           [0.5, 0.5, 0.2, 0.9]])  # 40 x 90 px: large vertical
     assert plots.box_modes(boxes, sizes).tolist() == [0, 1, 2]
+
+
+# --- Deformable DETR's sampling points ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deformable_model():
+    torch.manual_seed(0)
+    model = tutorial.build_model("deformable_detr_tiny", num_queries=10,
+                                 transformer={"d_model": 32, "num_heads": 4, "dim_feedforward": 64,
+                                              "num_encoder_layers": 2, "num_decoder_layers": 2})
+    for module in model.modules():  # away from the initialisation, so offsets and weights depend on the query
+        if isinstance(module, MSDeformAttn):
+            torch.nn.init.normal_(module.sampling_offsets.weight, std=0.05)
+            torch.nn.init.normal_(module.attention_weights.weight, std=0.5)
+    return model.eval()
+
+
+@torch.no_grad()
+def run_deformable(model, dataset, index):
+    image, _ = dataset[index]
+    out = model(image[None], torch.zeros(1, *image.shape[-2:], dtype=torch.bool), return_intermediates=True)
+    return image, out
+
+
+def drawn_points(view, level):
+    """The (x, y) pixel positions and sizes of the sampling points drawn on `level`'s panel."""
+    scatter = view.figure.axes[level].collections[0]
+    return np.asarray(scatter.get_offsets()), np.asarray(scatter.get_sizes())
+
+
+def test_sampling_view_draws_the_chosen_decoder_querys_points_on_every_level(deformable_model, val_set):
+    view = SamplingPointsView(deformable_model, val_set, index=2, kind="decoder", layer=-1)
+    image, out = run_deformable(deformable_model, val_set, 2)
+    h, w = image.shape[-2:]
+    scores = out["pred_logits"][0].sigmoid().max(-1).values  # (Q,)
+    assert view.controls["query"].value == int(scores.argmax())  # best first
+    before = drawn_points(view, 0)[0].copy()
+    query = int(scores.argmin())
+    view.controls["query"].value = query
+    locations, weights = (t[0, query] for t in out["decoder_sampling"][-1])  # (M, L, P, 2), (M, L, P)
+    assert not np.allclose(before, drawn_points(view, 0)[0])
+    for level in range(len(out["spatial_shapes"])):
+        xy, sizes = drawn_points(view, level)
+        expected = locations[:, level].reshape(-1, 2) * torch.tensor([w, h])  # (M·P, 2) pixels
+        np.testing.assert_allclose(xy, expected.numpy(), rtol=1e-5, atol=1e-4)
+        ratio = sizes / weights[:, level].reshape(-1).numpy()  # size ∝ weight
+        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
+
+    view.controls["head"].value = 1  # one head: its P points per level, coloured by weight
+    xy, _ = drawn_points(view, 3)
+    np.testing.assert_allclose(xy, (locations[1, 3] * torch.tensor([w, h])).numpy(), rtol=1e-5, atol=1e-4)
+    colours = np.asarray(view.figure.axes[3].collections[0].get_array())
+    np.testing.assert_allclose(colours, weights[1, 3].numpy(), rtol=1e-5)
+
+
+def test_sampling_view_draws_the_chosen_encoder_pixel_and_fits_the_sliders(deformable_model, val_set):
+    runner = DeformableRunner(deformable_model, val_set)
+    view = SamplingPointsView(deformable_model, val_set, index=0, kind="decoder", runner=runner)
+    assert view.controls["y"].disabled and not view.controls["query"].disabled
+    view.controls["kind"].value = "encoder"
+    assert not view.controls["y"].disabled and view.controls["query"].disabled
+    view.controls["level"].value = 1
+    image, out = run_deformable(deformable_model, val_set, 0)
+    shapes = out["spatial_shapes"]
+    assert (view.controls["y"].max, view.controls["x"].max) == (shapes[1][0] - 1, shapes[1][1] - 1)
+    before = drawn_points(view, 2)[0].copy()
+    with view.hold():
+        view.controls["layer"].value = 0
+        view.controls["y"].value = 1
+    view.controls["x"].value = 2
+    token = shapes[0][0] * shapes[0][1] + 1 * shapes[1][1] + 2  # after level 0's tokens, row 1, column 2
+    locations, _ = (t[0, token] for t in out["encoder_sampling"][0])  # (M, L, P, 2)
+    h, w = image.shape[-2:]
+    xy, _ = drawn_points(view, 2)
+    assert not np.allclose(before, xy)
+    np.testing.assert_allclose(xy, (locations[:, 2].reshape(-1, 2) * torch.tensor([w, h])).numpy(),
+                               rtol=1e-5, atol=1e-4)
+    # the reference point is that pixel's centre, normalised by its level's size
+    centre = torch.tensor([(2 + 0.5) / shapes[1][1], (1 + 0.5) / shapes[1][0]])
+    torch.testing.assert_close(view.reference[1], centre)

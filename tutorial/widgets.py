@@ -1,5 +1,5 @@
-"""Interactive views for the notebooks (ipywidgets): the data set, the Hungarian matching, and
-DETR's encoder and decoder attention.
+"""Interactive views for the notebooks (ipywidgets): the data set, the Hungarian matching,
+DETR's encoder and decoder attention, and Deformable DETR's sampling points.
 
 Each view is a small class that owns
 - `figure`: one `matplotlib.figure.Figure`, cleared and redrawn by `render()`;
@@ -11,11 +11,13 @@ and shows its controls and output when it is the last expression of a notebook c
 (`_ipython_display_`; `view.widget` is the same box). Right after construction `view.figure`
 is the default state, drawn once: the static fallback a notebook shows before the widget.
 
-Model outputs come from `model(images, mask, return_attention=True)`, never from forward hooks;
-`ModelRunner` runs the model once per image (batch of one, so no padding) and caches the
-result, so moving a slider only redraws.
+Model outputs come from `model(images, mask, return_attention=True)` (Deformable DETR:
+`return_intermediates=True`), never from forward hooks; `ModelRunner` (`DeformableRunner`) runs
+the model once per image (batch of one, so no padding) and caches the result, so moving a slider
+only redraws.
 
-Glossary: Q queries, n ground-truth boxes, M heads, H_f, W_f feature map, N = H_f·W_f.
+Glossary: Q queries, n ground-truth boxes, M heads, H_f, W_f feature map, N = H_f·W_f (Σ_l H_l·W_l
+over L levels), P sampling points per level, L_dec decoder layers.
 """
 from __future__ import annotations
 
@@ -57,18 +59,58 @@ class ModelRunner:
             return self._cache[index]
         image, target = self.dataset[index]
         mask = torch.zeros(1, *image.shape[-2:], dtype=torch.bool)  # (1, H, W): one image, no padding
-        out = self.model(image[None], mask, return_attention=True)
-        det = self.model.postprocess(out, target["size"][None])[0]
         result = {"image": image, "target": target, "size": tuple(target["size"].tolist()),
-                  "pred_logits": out["pred_logits"][0], "pred_boxes": out["pred_boxes"][0],  # (Q, K+1), (Q, 4)
-                  "scores": det["scores"], "labels": det["labels"], "boxes": det["boxes"],  # (Q,), (Q,), (Q, 4)
-                  "encoder_attention": [a[0] for a in out["encoder_attention"]],  # per layer (M, N, N)
-                  "decoder_attention": [a[0] for a in out["decoder_attention"]],  # per layer (M, Q, N)
-                  "feature_size": tuple(out["feature_size"]), "feature_mask": out["feature_mask"][0]}  # (H_f, W_f)
+                  **self.compute(image, mask, target)}
         self._cache[index] = result
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return result
+
+    def compute(self, image: Tensor, mask: Tensor, target: dict) -> dict:
+        """What the views draw for one image (3, H, W) with mask (1, H, W); subclasses change this."""
+        out = self.model(image[None], mask, return_attention=True)
+        det = self.model.postprocess(out, target["size"][None])[0]
+        return {"pred_logits": out["pred_logits"][0], "pred_boxes": out["pred_boxes"][0],  # (Q, K+1), (Q, 4)
+                "scores": det["scores"], "labels": det["labels"], "boxes": det["boxes"],  # (Q,), (Q,), (Q, 4)
+                "encoder_attention": [a[0] for a in out["encoder_attention"]],  # per layer (M, N, N)
+                "decoder_attention": [a[0] for a in out["decoder_attention"]],  # per layer (M, Q, N)
+                "feature_size": tuple(out["feature_size"]), "feature_mask": out["feature_mask"][0]}  # (H_f, W_f)
+
+
+class DeformableRunner(ModelRunner):
+    """`ModelRunner` for Deformable DETR: `runner(index)` returns {"image", "target", "size",
+    "pred_logits" (Q, K), "pred_boxes" (Q, 4) cxcywh, "scores", "labels" (Q,) each query's best
+    sigmoid class, "boxes" (Q, 4) xyxy pixels, "layer_boxes" (L_dec, Q, 4) xyxy pixels,
+    "reference_points" [(Q, 2|4)] per decoder layer, "spatial_shapes" [(H_l, W_l)], "strides" [s_l],
+    "level_masks" [(H_l, W_l)], "encoder_reference_points" (N, L, 2), "encoder_sampling" and
+    "decoder_sampling": per layer (locations (N|Q, M, L, P, 2), weights (N|Q, M, L, P))}, all from
+    `model(images, mask, return_intermediates=True)` on the image alone (so valid ratios are 1).
+    """
+
+    def compute(self, image: Tensor, mask: Tensor, target: dict) -> dict:
+        out = self.model(image[None], mask, return_intermediates=True)
+        scores, labels = out["pred_logits"][0].sigmoid().max(-1)  # (Q,), (Q,): one score per query
+        size = target["size"]
+        return {"pred_logits": out["pred_logits"][0], "pred_boxes": out["pred_boxes"][0],  # (Q, K), (Q, 4)
+                "scores": scores, "labels": labels, "boxes": plots.boxes_to_pixels(out["pred_boxes"][0], size),
+                "layer_boxes": torch.stack([plots.boxes_to_pixels(b[0], size)
+                                            for b in out["layer_boxes"]]),  # (L_dec, Q, 4)
+                "reference_points": [r[0] for r in out["reference_points"]],  # per layer (Q, 2|4)
+                "spatial_shapes": [tuple(s) for s in out["spatial_shapes"]],
+                "strides": level_strides(self.model, len(out["spatial_shapes"])),
+                "level_masks": [m[0] for m in out["level_masks"]],  # per level (H_l, W_l)
+                "encoder_reference_points": out["encoder_reference_points"][0],  # (N, L, 2)
+                # per layer: locations (N, M, L, P, 2) and weights (N, M, L, P); the decoder's with Q for N
+                "encoder_sampling": [(loc[0], w[0]) for loc, w in out["encoder_sampling"]],
+                "decoder_sampling": [(loc[0], w[0]) for loc, w in out["decoder_sampling"]]}
+
+
+def level_strides(model: nn.Module, num_levels: int) -> list[int]:
+    """Deformable DETR's level strides: the backbone stages', then x2 per extra level (8, 16, 32, 64)."""
+    strides = list(model.backbone.strides)
+    while len(strides) < num_levels:
+        strides.append(strides[-1] * 2)
+    return strides[:num_levels]
 
 
 def select_head(attention: Tensor, head: int | str) -> Tensor:
@@ -315,3 +357,112 @@ class DecoderAttentionView(View):
             title=f"query {q} ({plots.class_name(r['labels'][q])} {r['scores'][q]:.2f}): "
                   f"layer {c['layer'] + 1}, {head}")
         plots.draw_boxes(ax_attention, r["boxes"][q:q + 1], colours=["cyan"], text=False)
+
+
+class SamplingPointsView(View):
+    """(Notebook 03) Where one query of Deformable DETR's multi-scale deformable attention samples,
+    on every level of an image (Deformable DETR Eq. 3 and Fig. 2): each point's size (and, for one
+    head, colour) is its attention weight A_mlqk, each level drawn at its own resolution.
+
+    kind "encoder": the query is a pixel (y, x) of level `level`, its reference point that pixel's
+    centre (self-attention, Sec. 4.1; the levels are App. A.2's). kind "decoder": the query is an object query, listed best
+    score first; its reference is a point (first layer) or the previous layer's box (iterative
+    refinement, App. A.4), drawn dashed. After `render()`, `locations` (M, L, P, 2), `weights`
+    (M, L, P) and `reference` (L, 2) hold what is drawn.
+    """
+
+    KINDS = (("encoder pixel", "encoder"), ("decoder query", "decoder"))
+
+    def __init__(self, model: nn.Module, dataset, index: int = 0, kind: str = "decoder", layer: int = -1,
+                 head="all", query: int | None = None, level: int = 0, point: tuple[int, int] | None = None,
+                 runner: DeformableRunner | None = None):
+        super().__init__(figsize=(12, 3.7))
+        self.runner = runner or DeformableRunner(model, dataset)
+        tc = self.runner.model.cfg.transformer
+        self.num_layers = {"encoder": tc.num_encoder_layers, "decoder": tc.num_decoder_layers}
+        self.controls = {"index": image_slider(len(self.runner.dataset), index),
+                         "kind": widgets.ToggleButtons(options=self.KINDS, value=kind),
+                         "layer": widgets.Dropdown(description="layer"),
+                         "head": widgets.Dropdown(options=[("all heads", "all")]
+                                                  + [(f"head {m}", m) for m in range(tc.num_heads)],
+                                                  value=head, description="head"),
+                         "query": widgets.Dropdown(description="query"),
+                         "level": widgets.Dropdown(options=[(f"level {lvl}", lvl) for lvl in range(tc.num_levels)],
+                                                   value=level, description="pixel on"),
+                         "y": widgets.IntSlider(value=0, min=0, max=0, description="pixel y", continuous_update=False),
+                         "x": widgets.IntSlider(value=0, min=0, max=0, description="pixel x", continuous_update=False)}
+        self._fit_layers(layer % self.num_layers[kind])
+        self._fit_queries(query)
+        h, w = self._fit_grid()
+        self.controls["y"].value, self.controls["x"].value = point if point is not None else (h // 2, w // 2)
+        self._enable()
+        self._watch()
+        self.render()
+
+    @property
+    def widget(self) -> widgets.VBox:
+        c = self.controls
+        return widgets.VBox([widgets.HBox([c["index"], c["kind"], c["layer"], c["head"]]),
+                             widgets.HBox([c["query"], c["level"], c["y"], c["x"]]), self.output])
+
+    def _fit_layers(self, layer: int) -> None:
+        """Offer the current kind's layers, keeping `layer` when it exists."""
+        n = self.num_layers[self.controls["kind"].value]
+        self.controls["layer"].options = [(f"layer {i + 1}", i) for i in range(n)]
+        self.controls["layer"].value = min(layer, n - 1)
+
+    def _fit_queries(self, query: int | None = None) -> None:
+        """List the current image's object queries, best score first."""
+        r = self.runner(self.controls["index"].value)
+        order = r["scores"].argsort(descending=True).tolist()
+        self.controls["query"].options = [
+            (f"q{q}: {plots.class_name(r['labels'][q])} {r['scores'][q]:.2f}", q) for q in order]
+        self.controls["query"].value = order[0] if query is None else query
+
+    def _fit_grid(self) -> tuple[int, int]:
+        """Limit the pixel sliders to the chosen level of the current image."""
+        h, w = self.runner(self.controls["index"].value)["spatial_shapes"][self.controls["level"].value]
+        self.controls["y"].max, self.controls["x"].max = h - 1, w - 1
+        return h, w
+
+    def _enable(self) -> None:
+        encoder = self.controls["kind"].value == "encoder"
+        self.controls["query"].disabled = encoder
+        for name in ("level", "y", "x"):
+            self.controls[name].disabled = not encoder
+
+    def before_render(self, change) -> None:
+        owner = change["owner"]
+        if owner is self.controls["index"]:
+            self._fit_queries()
+            self._fit_grid()
+        elif owner is self.controls["level"]:
+            self._fit_grid()
+        elif owner is self.controls["kind"]:
+            self._fit_layers(self.controls["layer"].value)
+            self._enable()
+
+    def draw(self) -> None:
+        c = {k: w.value for k, w in self.controls.items()}
+        r = self.runner(c["index"])
+        shapes, num_levels = r["spatial_shapes"], len(r["spatial_shapes"])
+        box = None
+        if c["kind"] == "encoder":
+            start = sum(h * w for h, w in shapes[:c["level"]])
+            token = start + c["y"] * shapes[c["level"]][1] + c["x"]  # index into the N = Σ H_l·W_l tokens
+            locations, weights = (t[token] for t in r["encoder_sampling"][c["layer"]])  # (M, L, P, 2), (M, L, P)
+            self.reference = r["encoder_reference_points"][token]  # (L, 2)
+            what = f"encoder layer {c['layer'] + 1}: pixel ({c['y']}, {c['x']}) of level {c['level']} (token {token})"
+        else:
+            q = c["query"]
+            locations, weights = (t[q] for t in r["decoder_sampling"][c["layer"]])  # (M, L, P, 2), (M, L, P)
+            ref = r["reference_points"][c["layer"]][q]  # (2,) point or (4,) box, normalised
+            self.reference = ref[:2].expand(num_levels, 2)  # (L, 2): the same p̂_q on every level
+            box = ref if ref.shape[-1] == 4 else None
+            what = (f"decoder layer {c['layer'] + 1}: query {q} ({plots.class_name(r['labels'][q])} "
+                    f"{r['scores'][q]:.2f}), reference {'box (dashed)' if box is not None else 'point'}")
+        self.locations, self.weights = locations, weights
+        head = "all heads: colour = head" if c["head"] == "all" else f"head {c['head']}: colour ∝ weight"
+        plots.plot_sampling_points(r["image"], locations, weights, shapes, self.reference, box, c["head"],
+                                   r["size"], r["strides"], fig=self.figure)
+        self.figure.suptitle(f"{what}; {head}, size ∝ weight", fontsize=9)
