@@ -411,3 +411,72 @@ def check_dn_attention_mask_properties(fn) -> float:
         raise AssertionError(f"✗ dn_attention_mask properties: {len(problems)} violations, e.g. {problems[:3]}")
     print(f"✓ dn_attention_mask properties: no leak between groups or into the matching part (P={p}, M={m}, Q={q})")
     return 0.0
+
+
+# --- query selection: oracle an explicit loop over images and tokens ---------------------------
+
+
+def top_k_loop(scores: Tensor, boxes: Tensor, memory: Tensor, k: int):
+    """Per image: each token's best class score, the k best tokens by sorting a Python list, then
+    their rows copied one by one."""
+    b, n, _ = scores.shape
+    indices = torch.zeros(b, k, dtype=torch.int64)
+    got = [torch.zeros(b, k, x.shape[-1], dtype=x.dtype) for x in (scores, boxes, memory)]
+    for i in range(b):
+        best = [max(scores[i, t].tolist()) for t in range(n)]
+        order = sorted(range(n), key=lambda t: best[t], reverse=True)[:k]
+        for j, t in enumerate(order):
+            indices[i, j] = t
+            for out, x in zip(got, (scores, boxes, memory)):
+                out[i, j] = x[i, t]
+    return indices, *got
+
+
+def check_select_top_k(fn) -> float:
+    g = torch.Generator().manual_seed(50)
+    b, n, k_cls, c, k = 3, 11, 4, 5, 6
+    scores = torch.randn(b, n, k_cls, generator=g, dtype=torch.float64)  # distinct: no ties
+    boxes = torch.randn(b, n, 4, generator=g, dtype=torch.float64)
+    memory = torch.randn(b, n, c, generator=g, dtype=torch.float64)
+    got = fn(scores, boxes, memory, k)
+    expected = top_k_loop(scores, boxes, memory, k)
+    names = ("indices", "scores", "boxes", "memory")
+    if len(got) != 4:
+        raise AssertionError(f"✗ select_top_k: returned {len(got)} tensors, expected 4 ({', '.join(names)})")
+    return max(report(f"select_top_k {name} (vs a loop over images and tokens)", x, y, 0)
+               for name, x, y in zip(names, got, expected))
+
+
+# --- the varifocal loss: oracle the formula, element by element --------------------------------
+
+
+def varifocal_loop(logits: Tensor, quality: Tensor, positive: Tensor, alpha: float, gamma: float) -> float:
+    """Σ VFL(p, q): -q (q log p + (1 - q) log(1 - p)) at positives, -α p^γ log(1 - p) elsewhere."""
+    total = 0.0
+    for z, q, pos in zip(logits.flatten().tolist(), quality.flatten().tolist(), positive.flatten().tolist()):
+        p = 1 / (1 + math.exp(-z))
+        if pos:
+            total += -q * (q * math.log(p) + (1 - q) * math.log(1 - p))
+        else:
+            total += -alpha * p**gamma * math.log(1 - p)
+    return total
+
+
+def check_varifocal_loss(fn) -> float:
+    g = torch.Generator().manual_seed(51)
+    logits = torch.randn(2, 5, 3, generator=g, dtype=torch.float64) * 2
+    positive = torch.zeros(2, 5, 3, dtype=torch.bool)
+    positive[0, 1, 2] = positive[0, 3, 0] = positive[1, 0, 1] = positive[1, 4, 2] = True
+    quality = torch.rand(2, 5, 3, generator=g, dtype=torch.float64) * positive  # IoUs at the positives
+    quality[1, 4, 2] = 0.0  # a matched box that misses its object: costs nothing
+    worst = 0.0
+    for alpha, gamma in ((0.75, 2.0), (0.25, 1.5)):
+        got = fn(logits, quality, positive, alpha, gamma)
+        expected = torch.tensor(varifocal_loop(logits, quality, positive, alpha, gamma), dtype=torch.float64)
+        worst = max(worst, report(f"varifocal_loss (α={alpha}, γ={gamma}, vs the formula per element)",
+                                  got, expected, 1e-10))
+    z = logits.clone().requires_grad_(True)  # the weights are constants: d/dz at a negative is α p^γ · p
+    fn(z, quality, positive, 0.75, 2.0).backward()
+    p = logits.sigmoid()
+    expected_grad = torch.where(positive, quality * (p - quality), 0.75 * p**2 * p)
+    return max(worst, report("varifocal_loss gradient (weights detached)", z.grad, expected_grad, 1e-10))

@@ -57,12 +57,23 @@ class DNDETRConfig(DABDETRConfig):
 # --- noise --------------------------------------------------------------------------------------
 
 
-def noise_boxes(boxes: Tensor, scale: float, generator: torch.Generator | None = None) -> Tensor:
+def signed_uniform(shape, low: float = 0.0, high: float = 1.0, generator: torch.Generator | None = None,
+                   dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+    """Random numbers of magnitude uniform in [low, high) and a random sign: from u ~ U(-1, 1),
+    sign(u)·(low + |u|·(high - low)). With low=0, high=1 this is u itself (DN-DETR's noise); DINO's
+    negative queries use low=1, high=2 (`tutorial/dino.py`)."""
+    u = torch.rand(shape, generator=generator, dtype=dtype, device=device) * 2 - 1
+    return torch.where(u >= 0, 1.0, -1.0).to(u) * (low + u.abs() * (high - low))
+
+
+def noise_boxes(boxes: Tensor, scale: float, generator: torch.Generator | None = None, low: float = 0.0,
+                high: float = 1.0) -> Tensor:
     """boxes (..., 4) cxcywh in [0, 1] -> noised boxes (..., 4): cx += u·λ·w/2, cy += u·λ·h/2,
-    w += u·λ·w, h += u·λ·h, each u ~ U(-1, 1) independently, then clipped to [0, 1]."""
+    w += u·λ·w, h += u·λ·h, each u = `signed_uniform(low, high)` independently (U(-1, 1) by
+    default), then clipped to [0, 1]."""
     wh = boxes[..., 2:]  # (..., 2)
     bound = torch.cat([wh / 2, wh], dim=-1) * scale  # (..., 4): the largest shift of each coordinate
-    u = torch.rand(boxes.shape, generator=generator, dtype=boxes.dtype, device=boxes.device) * 2 - 1  # (..., 4)
+    u = signed_uniform(boxes.shape, low, high, generator, boxes.dtype, boxes.device)  # (..., 4)
     return (boxes + u * bound).clamp(0.0, 1.0)  # clipping only moves a coordinate back towards its box
 
 
@@ -100,7 +111,9 @@ def dn_attention_mask(num_groups: int, group_size: int, num_matching: int) -> Te
 @dataclass
 class DenoisingGroups:
     """P groups of noised ground truth for a batch, flattened to P·M queries per image
-    (group g holds slots g·M .. g·M + M - 1; image b's objects fill the first n_b of them)."""
+    (group g holds slots g·M .. g·M + M - 1; image b's objects fill the first n_b of them).
+    With contrastive denoising (DINO, `tutorial/dino.py`) a group is M = 2·max n_b slots: the
+    positive copies, then the negative ones (`negative` True)."""
 
     labels: Tensor  # (B, P·M) noised class of each denoising query (K on padding slots)
     boxes: Tensor  # (B, P·M, 4) noised boxes cxcywh in [0, 1] (the anchors; 0.5 on padding)
@@ -108,30 +121,50 @@ class DenoisingGroups:
     target_boxes: Tensor  # (B, P·M, 4) that object's true box (0 on padding)
     num_groups: int  # P
     group_size: int  # M
+    negative: Tensor  # (B, P·M) True on the negative copies (contrastive denoising only)
 
     @property
     def valid(self) -> Tensor:
         return self.target_index >= 0  # (B, P·M)
 
+    @property
+    def positive_index(self) -> Tensor:
+        """(B, P·M): target_index on the positive copies, -1 on negatives and padding: the queries
+        that must reconstruct an object (the others must say "no object")."""
+        return self.target_index.masked_fill(self.negative, -1)
+
 
 def make_denoising_groups(targets: list[dict], num_groups: int, label_noise: float, box_noise_scale: float,
-                          num_classes: int, generator: torch.Generator | None = None) -> DenoisingGroups:
+                          num_classes: int, generator: torch.Generator | None = None, contrastive: bool = False,
+                          box_noise=noise_boxes) -> DenoisingGroups:
     """Noise every image's ground truth `num_groups` times (fresh noise per copy) and lay the copies
-    out in groups padded to M = max_b n_b (official `prepare_for_dn`)."""
+    out in groups padded to n = max_b n_b (official `prepare_for_dn`), M = n slots per group.
+
+    With `contrastive` (DINO's contrastive denoising, official `prepare_for_cdn`) every group holds
+    two copies of each object, M = 2n slots: positives (noise magnitude u in [0, 1) of λ·bound)
+    then negatives (u in [1, 2): farther from their object than any positive). `box_noise(boxes,
+    λ, generator, low, high)` noises the boxes (DN-DETR: `noise_boxes`; DINO: corner noise)."""
     b, p = len(targets), num_groups
-    m = max((len(t["labels"]) for t in targets), default=0)
+    n_max = max((len(t["labels"]) for t in targets), default=0)
+    s = 2 if contrastive else 1  # copies per group: (positive,) or (positive, negative)
     device = targets[0]["boxes"].device if targets else torch.device("cpu")
-    labels = torch.full((b, p, m), num_classes, dtype=torch.int64, device=device)  # (B, P, M)
-    boxes = torch.full((b, p, m, 4), 0.5, device=device)  # (B, P, M, 4)
-    index = torch.full((b, p, m), -1, dtype=torch.int64, device=device)  # (B, P, M)
-    true_boxes = torch.zeros(b, p, m, 4, device=device)  # (B, P, M, 4)
+    labels = torch.full((b, p, s, n_max), num_classes, dtype=torch.int64, device=device)  # (B, P, S, n)
+    boxes = torch.full((b, p, s, n_max, 4), 0.5, device=device)  # (B, P, S, n, 4)
+    index = torch.full((b, p, s, n_max), -1, dtype=torch.int64, device=device)  # (B, P, S, n)
+    true_boxes = torch.zeros(b, p, s, n_max, 4, device=device)  # (B, P, S, n, 4)
+    negative = torch.zeros(b, p, s, n_max, dtype=torch.bool, device=device)  # (B, P, S, n)
     for i, t in enumerate(targets):
         n = len(t["labels"])
-        index[i, :, :n] = torch.arange(n, device=device)
-        labels[i, :, :n] = noise_labels(t["labels"].expand(p, n), label_noise, num_classes, generator)  # (P, n)
-        boxes[i, :, :n] = noise_boxes(t["boxes"].float().expand(p, n, 4), box_noise_scale, generator)  # (P, n, 4)
-        true_boxes[i, :, :n] = t["boxes"].float()
-    return DenoisingGroups(labels.flatten(1), boxes.flatten(1, 2), index.flatten(1), true_boxes.flatten(1, 2), p, m)
+        for copy in range(s):  # copy 0: positives, magnitude in [0, 1); copy 1: negatives, in [1, 2)
+            index[i, :, copy, :n] = torch.arange(n, device=device)
+            labels[i, :, copy, :n] = noise_labels(t["labels"].expand(p, n), label_noise, num_classes,
+                                                  generator)  # (P, n)
+            boxes[i, :, copy, :n] = box_noise(t["boxes"].float().expand(p, n, 4), box_noise_scale, generator,
+                                              low=float(copy), high=float(copy + 1))  # (P, n, 4)
+            true_boxes[i, :, copy, :n] = t["boxes"].float()
+            negative[i, :, copy, :n] = copy == 1
+    return DenoisingGroups(labels.flatten(1), boxes.flatten(1, 3), index.flatten(1), true_boxes.flatten(1, 3), p,
+                           s * n_max, negative.flatten(1))
 
 
 # --- the loss -------------------------------------------------------------------------------------
@@ -161,6 +194,8 @@ class DNCriterion(FocalSetCriterion):
     earlier ones), weighted like the matching terms. Without "dn_outputs" (eval mode, or a batch
     with no objects) the denoising terms are zeros, so every step logs the same keys (as officially)."""
 
+    term_names = ("loss_ce", "loss_bbox", "loss_giou")  # the keys of one layer's terms
+
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         losses = super().forward(outputs, targets)
         num_layers = 1 + len(outputs.get("aux_outputs", []))
@@ -169,14 +204,17 @@ class DNCriterion(FocalSetCriterion):
         for lid in range(num_layers):
             suffix = "_dn" if lid == num_layers - 1 else f"_dn_{lid}"
             if dn is None:
-                terms = {"loss_ce": zero, "loss_bbox": zero, "loss_giou": zero}
+                terms = {name: zero for name in self.term_names}
             else:
                 layer = lid - num_layers + len(dn["pred_logits"])  # the last num_layers layers
-                terms = denoising_loss(dn["pred_logits"][layer], dn["pred_boxes"][layer], dn["target_index"],
-                                       targets, self.alpha)
+                terms = self.denoising_terms(dn["pred_logits"][layer], dn["pred_boxes"][layer], dn, targets)
             losses["loss"] = losses["loss"] + self.weighted_sum(terms)
             losses.update({f"{name}{suffix}": value for name, value in terms.items()})
         return losses
+
+    def denoising_terms(self, pred_logits: Tensor, pred_boxes: Tensor, dn: dict, targets: list[dict]) -> dict:
+        """One decoder layer's unweighted denoising terms (DINO overrides this with its contrastive loss)."""
+        return denoising_loss(pred_logits, pred_boxes, dn["target_index"], targets, self.alpha)
 
 
 # --- the model ------------------------------------------------------------------------------------

@@ -21,9 +21,11 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 @torch.no_grad()
 def predict(model: nn.Module, dataset: DetectionDataset, batch_size: int = 16, workers: int = 0,
-            device: torch.device | str = "cpu", progress: bool = True) -> tuple[list[dict], list[int]]:
+            device: torch.device | str = "cpu", progress: bool = True,
+            postprocess_kwargs: dict | None = None) -> tuple[list[dict], list[int]]:
     """COCO-format detections [{"image_id", "category_id", "bbox" [x, y, w, h], "score"}] for the
-    set (a `DetectionDataset` or a `Subset` of one), and the ids of the images they cover."""
+    set (a `DetectionDataset` or a `Subset` of one), and the ids of the images they cover.
+    `postprocess_kwargs` go to `model.postprocess` (e.g. the dense detector's NMS thresholds)."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=collate)
@@ -31,7 +33,7 @@ def predict(model: nn.Module, dataset: DetectionDataset, batch_size: int = 16, w
     for images, mask, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
         outputs = model(images.to(device), mask.to(device))
         sizes = torch.stack([t["orig_size"] for t in targets]).to(device)  # (B, 2)
-        for t, det in zip(targets, model.postprocess(outputs, sizes)):
+        for t, det in zip(targets, model.postprocess(outputs, sizes, **(postprocess_kwargs or {}))):
             image_ids.append(int(t["image_id"]))
             boxes = det["boxes"].cpu()  # (Q, 4) xyxy
             boxes[:, 2:] -= boxes[:, :2]  # (Q, 4) xywh
@@ -58,8 +60,10 @@ def coco_metrics(coco_gt, results: list[dict], image_ids: list[int] | None = Non
 
 
 def evaluate(model: nn.Module, dataset: DetectionDataset, batch_size: int = 16, workers: int = 0,
-             device: torch.device | str = "cpu", progress: bool = True) -> dict[str, float]:
-    """COCO box metrics of `model` on `dataset` (a `DetectionDataset` or a `Subset` of one)."""
+             device: torch.device | str = "cpu", progress: bool = True,
+             postprocess_kwargs: dict | None = None) -> dict[str, float]:
+    """COCO box metrics of `model` on `dataset` (a `DetectionDataset` or a `Subset` of one);
+    `postprocess_kwargs` as in `predict`."""
     base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
-    results, image_ids = predict(model, dataset, batch_size, workers, device, progress)
+    results, image_ids = predict(model, dataset, batch_size, workers, device, progress, postprocess_kwargs)
     return coco_metrics(base.coco, results, image_ids)

@@ -50,6 +50,8 @@ EXERCISES = [
     Exercise("ssm", "discretize_zoh", (checks.check_discretize_zoh,)),
     Exercise("parallel_scan", "scan_combine", (checks.check_scan_combine,)),
     Exercise("parallel_scan", "parallel_scan", (checks.check_parallel_scan,)),
+    Exercise("query_selection", "select_top_k", (checks.check_select_top_k,)),
+    Exercise("rt_detr", "varifocal_loss", (checks.check_varifocal_loss,)),
 ]
 BY_NAME = {e.function: e for e in EXERCISES}
 

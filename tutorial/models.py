@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from . import conditional_detr, dab_detr, deformable_detr, detr, dn_detr
+from . import conditional_detr, dab_detr, deformable_detr, dense_detector, detr, dino, dn_detr, rt_detr
 
 PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
     "detr_r50": (detr.DETR, detr.detr_r50),
@@ -27,6 +27,12 @@ PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
     "dab_detr_tiny": (dab_detr.DABDETR, dab_detr.dab_detr_tiny),
     "dn_detr_r50": (dn_detr.DNDETR, dn_detr.dn_detr_r50),
     "dn_detr_tiny": (dn_detr.DNDETR, dn_detr.dn_detr_tiny),
+    "dino_4scale_r50": (dino.DINO, dino.dino_4scale_r50),
+    "dino_tiny": (dino.DINO, dino.dino_tiny),
+    "rtdetr_r50": (rt_detr.RTDETR, rt_detr.rtdetr_r50),
+    "rtdetr_r18": (rt_detr.RTDETR, rt_detr.rtdetr_r18),
+    "rtdetr_tiny": (rt_detr.RTDETR, rt_detr.rtdetr_tiny),
+    "dense_tiny": (dense_detector.DenseDetector, dense_detector.dense_tiny),
 }
 
 
