@@ -36,6 +36,12 @@ RECIPES = {
     # DAB-DETR and DN-DETR also record the instability score, on the whole val set (DN-DETR Fig. 2)
     "dab_detr_tiny": ["--lr", "2e-4", "--lr-backbone", "2e-4", "--instability-images", "500"],
     "dn_detr_tiny": ["--lr", "2e-4", "--lr-backbone", "2e-4", "--instability-images", "500"],
+    # RT-DETR's official optimiser (rtdetr_pytorch configs/rtdetr/include/optimizer.yml): AdamW, lr 1e-4,
+    # weight decay 1e-4, batch 16 (train's default), gradient clipping 0.1 (the default). Its backbone lr
+    # 1e-5 is for an ImageNet-pretrained ResNet-vd; ours trains from scratch, so it gets the rest's lr.
+    # The Mamba detector (AIFI -> SS2D, tutorial/mamba_detector.py) trains with the same recipe.
+    "rtdetr_tiny": ["--lr", "1e-4", "--lr-backbone", "1e-4", "--weight-decay", "1e-4"],
+    "rtdetr_mamba_tiny": ["--lr", "1e-4", "--lr-backbone", "1e-4", "--weight-decay", "1e-4"],
 }
 
 

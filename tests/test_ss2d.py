@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tutorial.selective_scan import selective_scan
-from tutorial.ss2d import SS2D, SS2DConfig, cross_merge, cross_scan, ss2d_tiny, ss2d_vmamba_v0_tiny, ss2d_vmamba_v2_tiny
+from tutorial.ss2d import SS2D, SS2DConfig, cross_merge, cross_scan, cross_unscan, ss2d_tiny, ss2d_vmamba_v0_tiny, ss2d_vmamba_v2_tiny
 
 F64 = torch.float64
 
@@ -35,6 +35,11 @@ def test_cross_merge_is_the_adjoint_of_cross_scan(h, w):
     y = torch.randn(2, 4, 3, h * w, generator=g, dtype=F64)
     assert abs((cross_scan(x) * y).sum() - (x * cross_merge(y, h, w)).sum()) < 1e-12
     assert (cross_merge(cross_scan(x), h, w) - 4 * x).abs().max() < 1e-15
+
+
+def test_cross_unscan_puts_every_direction_back_on_the_map():
+    x = torch.randn(2, 3, 4, 5, dtype=F64)
+    assert torch.equal(cross_unscan(cross_scan(x), 4, 5), x[:, None].expand(2, 4, 3, 4, 5))
 
 
 def official_ss2d_parameter_count(d_model: int, d_state: int, ssm_ratio: float = 2.0, d_conv: int = 3,

@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from . import conditional_detr, dab_detr, deformable_detr, dense_detector, detr, dino, dn_detr, rt_detr
+from . import mamba_detector
 
 PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
     "detr_r50": (detr.DETR, detr.detr_r50),
@@ -32,6 +33,7 @@ PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
     "rtdetr_r50": (rt_detr.RTDETR, rt_detr.rtdetr_r50),
     "rtdetr_r18": (rt_detr.RTDETR, rt_detr.rtdetr_r18),
     "rtdetr_tiny": (rt_detr.RTDETR, rt_detr.rtdetr_tiny),
+    "rtdetr_mamba_tiny": (mamba_detector.MambaRTDETR, mamba_detector.rtdetr_mamba_tiny),
     "dense_tiny": (dense_detector.DenseDetector, dense_detector.dense_tiny),
 }
 

@@ -210,7 +210,8 @@ class RTDETR(nn.Module):
     intermediates ("selected_indices" (B, Q), "selected_levels" (B, Q), "selected_cells" (B, Q, 2)
     (y, x), "encoder_logits" (B, N, K), "reference_points", "layer_boxes", "decoder_sampling", the
     "dn_*" entries), plus "spatial_shapes", "level_masks", "encoder_maps" [(B, C, H_l, W_l)] (the
-    hybrid encoder's outputs) and "aifi_attention" [(B, M, N_5, N_5)] (AIFI's attention on S5)."""
+    hybrid encoder's outputs), "aifi_attention" [(B, M, N_5, N_5)] (AIFI's attention on S5) and
+    "encoder_mixer" (the S5 mixer's info dict: AIFI's {"attention"}, or another mixer's own)."""
 
     uses_targets = True  # the training loop passes `targets=` to forward (denoising)
 
@@ -220,7 +221,7 @@ class RTDETR(nn.Module):
         dc = cfg.decoder
         c = dc.d_model
         self.backbone = PResNet(cfg.backbone)
-        self.encoder = HybridEncoder(cfg.encoder, self.backbone.num_channels)
+        self.encoder = self.build_encoder()  # AIFI + CCFM; a subclass may put another mixer in AIFI's slot
         self.input_proj = nn.ModuleList(nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
                                         for _ in range(dc.num_levels))  # the decoder's own projection
         self.decoder = RTDETRDecoder(dc)
@@ -233,6 +234,10 @@ class RTDETR(nn.Module):
             nn.init.constant_(cls.bias, prior)
             nn.init.zeros_(box.layers[-1].weight)
             nn.init.zeros_(box.layers[-1].bias)
+
+    def build_encoder(self) -> HybridEncoder:
+        """The hybrid encoder with AIFI on S5 (the Mamba detector overrides this, `tutorial/mamba_detector.py`)."""
+        return HybridEncoder(self.cfg.encoder, self.backbone.num_channels)
 
     # DINO's query assembly, decoding and output dict, unchanged
     decode = DINO.decode
@@ -266,7 +271,8 @@ class RTDETR(nn.Module):
         if return_intermediates:
             aifi = [i for i in info["aifi"] if i is not None]
             out.update(spatial_shapes=shapes, level_masks=masks, encoder_maps=maps,
-                       aifi_attention=aifi[0]["attention"] if aifi and "attention" in aifi[0] else None)
+                       aifi_attention=aifi[0]["attention"] if aifi and "attention" in aifi[0] else None,
+                       encoder_mixer=aifi[0] if aifi else None)
         return out
 
     def build_criterion(self) -> RTDETRCriterion:

@@ -46,16 +46,21 @@ def cross_scan(x: Tensor) -> Tensor:
     return torch.stack([rows, cols, rows.flip(-1), cols.flip(-1)], dim=1)  # (B, 4, C, L)
 
 
+def cross_unscan(ys: Tensor, height: int, width: int) -> Tensor:
+    """Put each direction's sequence back on the map: ys (B, 4, C, H·W) -> (B, 4, C, H, W), entry
+    [:, k, :, i, j] being what direction k's scan produced at pixel (i, j)."""
+    rows = rearrange(torch.stack([ys[:, 0], ys[:, 2].flip(-1)], 1), "b k c (h w) -> b k c h w", h=height, w=width)
+    cols = rearrange(torch.stack([ys[:, 1], ys[:, 3].flip(-1)], 1), "b k c (w h) -> b k c h w", h=height, w=width)
+    return torch.stack([rows[:, 0], cols[:, 0], rows[:, 1], cols[:, 1]], 1)  # (B, 4, C, H, W), `DIRECTIONS` order
+
+
 def cross_merge(ys: Tensor, height: int, width: int) -> Tensor:
     """Fold four sequences back onto the map and sum them: ys (B, 4, C, H·W) -> (B, C, H, W).
 
     The adjoint of `cross_scan`: <cross_scan(x), y> = <x, cross_merge(y)>, and
     cross_merge(cross_scan(x)) = 4·x.
     """
-    rows = ys[:, 0] + ys[:, 2].flip(-1)  # (B, C, L) row-major order
-    cols = ys[:, 1] + ys[:, 3].flip(-1)  # (B, C, L) column-major order
-    return (rearrange(rows, "b c (h w) -> b c h w", h=height, w=width)
-            + rearrange(cols, "b c (w h) -> b c h w", h=height, w=width))  # (B, C, H, W)
+    return cross_unscan(ys, height, width).sum(1)  # (B, C, H, W)
 
 
 @dataclass
@@ -86,8 +91,8 @@ class SS2DConfig:
 
 
 class SS2D(nn.Module):
-    """The 2-D selective-scan mixer: forward(x (B, H, W, C)) -> (B, H, W, C), channels last as
-    the official default (`channel_first=False`).
+    """The 2-D selective-scan mixer: forward(x (B, H, W, C), mask=None) -> (B, H, W, C), channels
+    last as the official default (`channel_first=False`); padded pixels are skipped when a mask is given.
 
     Parameter names and shapes are the official ones: x_proj_weight (4, R+2N, D),
     dt_projs_weight (4, D, R), dt_projs_bias (4, D), A_logs (4·D, N), Ds (4·D,).
@@ -114,30 +119,49 @@ class SS2D(nn.Module):
         self.out_proj = nn.Linear(d, c, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, return_intermediates: bool = False):
+        """x (B, H, W, C), mask (B, H, W) True on padded pixels, or None -> (B, H, W, C); with
+        `return_intermediates` also {"delta": Δ (B, 4, D, H, W) after softplus, direction k's step
+        at each pixel (0 on padding)}.
+
+        With a mask, padded pixels are skipped, so valid pixels get exactly the output of the
+        image alone: (1) the x branch is zeroed there before the depthwise conv, which then reads
+        zeros beyond the image's edge, as the unpadded image's zero padding; (2) Δ = 0 there, so
+        Ā = exp(0·A) = 1 and B̄u = 0·B·u = 0: the step (1, 0), the identity of the scan's ∘, and the
+        state passes over the padding unchanged (zeroing the input alone would not do: Δ would
+        still be softplus(bias) > 0 and decay the state across a row's padding).
+        """
         cfg = self.cfg
         b, h, w, _ = x.shape
         n, r = cfg.d_state, cfg.rank
         # 1) branches; depthwise conv + SiLU on x
         xz = self.in_proj(x)  # (B, H, W, 2D) or (B, H, W, D)
         x, z = xz.chunk(2, dim=-1) if cfg.gate else (xz, None)  # (B, H, W, D) each
+        if mask is not None:
+            x = x.masked_fill(mask[..., None], 0.0)  # (B, H, W, D): the conv reads zeros on padding
         x = F.silu(self.conv2d(rearrange(x, "b h w d -> b d h w")))  # (B, D, H, W)
         # 2) four scan orders, each with its own Δ, B, C
         xs = cross_scan(x)  # (B, 4, D, L)
         x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)  # (B, 4, R+2N, L)
         dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)  # (B, 4, R, L), (B, 4, N, L), (B, 4, N, L)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)  # (B, 4, D, L)
+        if mask is not None:  # Δ = softplus(-inf) = 0 on padding: the scan skips those tokens
+            dts = dts.masked_fill(cross_scan(mask[:, None].float()) > 0, float("-inf"))  # (B, 4, D, L)
         # 3) one selective scan over the 4·D channels; channel group k uses direction k's B and C
+        delta_bias = at_least_float32(self.dt_projs_bias.flatten())  # (4·D,)
         ys = selective_scan(rearrange(xs, "b k d l -> b (k d) l"), rearrange(dts, "b k d l -> b (k d) l"),
                             -torch.exp(at_least_float32(self.A_logs)), Bs, Cs, at_least_float32(self.Ds),
-                            delta_bias=at_least_float32(self.dt_projs_bias.flatten()), delta_softplus=True,
-                            scan=cfg.scan, chunk=cfg.chunk)  # (B, 4·D, L)
+                            delta_bias=delta_bias, delta_softplus=True, scan=cfg.scan, chunk=cfg.chunk)  # (B, 4·D, L)
         # 4) fold back, normalise, gate, project
         y = cross_merge(rearrange(ys, "b (k d) l -> b k d l", k=len(DIRECTIONS)), h, w)  # (B, D, H, W)
         y = self.out_norm(rearrange(y, "b d h w -> b h w d"))  # (B, H, W, D)
         if z is not None:
             y = y * F.silu(z)  # (B, H, W, D)
-        return self.dropout(self.out_proj(y))  # (B, H, W, C)
+        out = self.dropout(self.out_proj(y))  # (B, H, W, C)
+        if not return_intermediates:
+            return out
+        steps = F.softplus(dts + rearrange(delta_bias, "(k d) -> 1 k d 1", k=len(DIRECTIONS)))  # (B, 4, D, L)
+        return out, {"delta": cross_unscan(steps, h, w)}  # (B, 4, D, H, W)
 
 
 # --- presets ----------------------------------------------------------------------------------
