@@ -52,12 +52,13 @@ SOURCES = Path(__file__).resolve().parent / "cuda"
 CPU_SOURCES = ("binding_cpu.cpp", "ms_deform_attn_cpu.cpp", "selective_scan_cpu.cpp")
 CUDA_SOURCES = ("binding_cuda.cpp", "ms_deform_attn_cuda.cu", "selective_scan_cuda.cu")
 BACKENDS = ("auto", "cuda", "cpu", "reference")
-CUDA_ARCHS = ("8.0", "9.0")  # A100 (sm_80) and H100 (sm_90), the archs CI compiles for
+CUDA_ARCHS = ("80", "90")  # A100 (sm_80) and H100 (sm_90): what `compile_check` compiles for
 CPU_FLAGS = ["-O3"]  # g++ (torch adds -std=c++20, -fPIC, its include paths)
 NVCC_FLAGS = ["-O3", "-std=c++17", "-lineinfo"]  # the .cu files include no torch header: C++17 is enough
 SCAN_THREADS, SCAN_ITEMS = 128, 16  # the GPU scan's chunk: 128 threads x 16 steps = 2048 (kernels.h)
 
 BUILD_SECONDS: dict[str, float] = {}  # wall time of each build made by this process ("cpu", "cuda")
+_OPS: dict = {}  # the loaded extensions' ops, by kind
 _LAST: dict[str, str] = {}
 
 
@@ -124,32 +125,36 @@ def _load(kind: str, sources: tuple[str, ...], verbose: bool, directory: str | P
     BUILD_SECONDS[kind] = time.perf_counter() - t0
 
 
-@functools.cache
 def build_cpu_extension(verbose: bool = False):
     """Build (or load the cached build of) the CPU extension; -> its ops, `torch.ops.tutorial_kernels_cpu`.
 
-    About a minute the first time on two cores (three files; the torch headers dominate), then
-    seconds. Raises when there is no C++ compiler.
+    20-60 s the first time on two cores (three files; the torch headers dominate), then a second
+    or two. Raises when there is no C++ compiler. Once loaded, later calls return the same ops.
     """
-    _load("cpu", CPU_SOURCES, verbose, extra_cflags=CPU_FLAGS)
-    return torch.ops.tutorial_kernels_cpu
+    if "cpu" not in _OPS:
+        _load("cpu", CPU_SOURCES, verbose, extra_cflags=CPU_FLAGS)
+        _OPS["cpu"] = torch.ops.tutorial_kernels_cpu
+    return _OPS["cpu"]
 
 
-@functools.cache
 def build_cuda_extension(verbose: bool = False, archs: tuple[str, ...] | None = None):
-    """Build (or load) the CUDA extension for `archs` (default: $TORCH_CUDA_ARCH_LIST, else this GPU's,
-    else sm_80 and sm_90); -> its ops, `torch.ops.tutorial_kernels_cuda`. Raises without nvcc."""
+    """Build (or load) the CUDA extension; -> its ops, `torch.ops.tutorial_kernels_cuda`. Raises without nvcc.
+
+    `archs` (e.g. ("8.0", "9.0")), default $TORCH_CUDA_ARCH_LIST, else this GPU's architecture, else
+    (no GPU: a build-only check) sm_80. A process loads the extension once (its ops register a
+    namespace); later calls return the same ops whatever `archs` they pass.
+    """
+    if "cuda" in _OPS:
+        return _OPS["cuda"]
     if cuda_home() is None:
         raise RuntimeError("build_cuda_extension: no CUDA toolkit found (set CUDA_HOME, or put nvcc on the PATH)")
     if archs is None and "TORCH_CUDA_ARCH_LIST" not in os.environ:
-        if torch.cuda.is_available():
-            archs = ("{}.{}".format(*torch.cuda.get_device_capability()),)
-        else:
-            archs = CUDA_ARCHS
+        archs = ("{}.{}".format(*torch.cuda.get_device_capability()),) if torch.cuda.is_available() else ("8.0",)
     if archs is not None:
         os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(archs)
     _load("cuda", CUDA_SOURCES, verbose, extra_cflags=CPU_FLAGS, extra_cuda_cflags=NVCC_FLAGS)
-    return torch.ops.tutorial_kernels_cuda
+    _OPS["cuda"] = torch.ops.tutorial_kernels_cuda
+    return _OPS["cuda"]
 
 
 @functools.cache
@@ -162,7 +167,7 @@ def _cuda_ops_or_none():
         return None
 
 
-def compile_check(archs: tuple[str, ...] = ("80", "90"), out_dir: str | Path | None = None) -> dict[str, float]:
+def compile_check(archs: tuple[str, ...] = CUDA_ARCHS, out_dir: str | Path | None = None) -> dict[str, float]:
     """Compile the .cu files for each arch with nvcc alone (no torch headers, no GPU needed).
 
     `nvcc -c -gencode arch=compute_XX,code=sm_XX ...` per file; raises RuntimeError with nvcc's
