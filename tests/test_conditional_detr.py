@@ -141,3 +141,20 @@ def test_positional_attention_maps_are_distributions_over_valid_pixels():
     maps = positional_attention(out["spatial_queries"][1], out["spatial_keys"][1], 8, pad)  # (B, M, Q, N)
     assert maps.shape == out["decoder_attention"][1].shape
     assert torch.allclose(maps.sum(-1), torch.ones(()), atol=1e-5) and maps[1][..., pad[1]].abs().max() == 0
+
+
+def test_spatial_keys_for_any_grid_are_the_layers_projected_positions():
+    """`spatial_keys(feature_mask, layer)` on the image's own mask is the "spatial_keys" output, and
+    with the layer's spatial queries `positional_attention` then sums to 1 over valid pixels only."""
+    model = small().eval()
+    images, mask, _ = inputs()
+    with torch.no_grad():
+        out = model(images, mask, return_intermediates=True)
+        for layer in range(2):
+            keys = model.spatial_keys(out["feature_mask"], layer)  # (B, N, C)
+            torch.testing.assert_close(keys, out["spatial_keys"][layer])
+            maps = positional_attention(out["spatial_queries"][layer], keys, 8, out["feature_mask"].flatten(1))
+            assert torch.allclose(maps.sum(-1), torch.ones(()), atol=1e-5)
+            assert maps[1][..., out["feature_mask"][1].flatten()].abs().max() == 0
+        fine = model.spatial_keys(torch.zeros(1, 12, 10, dtype=torch.bool))
+        assert fine.shape == (1, 120, 32)

@@ -139,3 +139,30 @@ def test_positions_matter_with_encoding_and_not_without():
     assert torch.allclose(decoded(blind, src, pos), decoded(blind, src[:, perm], pos), atol=1e-5)
     seeing = small_model()
     assert not torch.allclose(decoded(seeing, src, pos), decoded(seeing, src[:, perm], pos), atol=1e-3)
+
+
+def test_positional_attention_is_the_cross_attention_of_positions_alone():
+    """DAB-DETR Fig. 2(a): with the learned queries o_q as the only query input and the pixel
+    positions p_k as the only key input, a decoder layer's own cross-attention module (via
+    torch.nn.MultiheadAttention, an independent implementation) gives the positional maps."""
+    model = small_model().eval()
+    images, mask = batch()
+    out = model(images, mask, return_attention=True)
+    fmask = out["feature_mask"]  # (B, H_f, W_f), image 1 padded
+    pos = model.position_encoding(fmask).flatten(2).transpose(1, 2)  # (B, N, C)
+    for layer in range(2):
+        ours = model.positional_attention(fmask, layer)  # (B, M, Q, N)
+        attn = model.transformer.decoder_layers[layer].cross_attn
+        c = attn.q_proj.weight.shape[0]
+        ref = torch.nn.MultiheadAttention(c, attn.num_heads, batch_first=True).eval()
+        with torch.no_grad():
+            ref.in_proj_weight.copy_(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
+            ref.in_proj_bias.copy_(torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]))
+            queries = model.query_embed.weight.expand(2, -1, -1)  # (B, Q, C)
+            _, expected = ref(queries, pos, pos, key_padding_mask=fmask.flatten(1), average_attn_weights=False)
+        torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
+    # It needs no image, only a grid: any size, each map a distribution over its cells.
+    coarse = model.positional_attention(torch.zeros(1, 4, 4, dtype=torch.bool))  # (1, M, Q, 16)
+    fine = model.positional_attention(torch.zeros(1, 8, 8, dtype=torch.bool))  # (1, M, Q, 64)
+    assert coarse.shape[-1] == 16 and fine.shape[-1] == 64
+    assert torch.allclose(fine.sum(-1), torch.ones(()), atol=1e-5)

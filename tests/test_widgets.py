@@ -21,8 +21,10 @@ from tutorial import plots  # noqa: E402
 from tutorial.dataset import DetectionDataset  # noqa: E402
 from tutorial.matcher import matching_cost  # noqa: E402
 from tutorial.deformable_attention import MSDeformAttn  # noqa: E402
-from tutorial.widgets import (DecoderAttentionView, DeformableRunner, EncoderAttentionView,  # noqa: E402
-                              ImageBrowser, MatchingView, ModelRunner, SamplingPointsView)
+from tutorial.conditional_detr import positional_attention  # noqa: E402
+from tutorial.widgets import (DecoderAttentionView, DeformableRunner, DenoisingView,  # noqa: E402
+                              EncoderAttentionView, ImageBrowser, MatchingView, ModelRunner,
+                              PositionalAttentionView, QueryRunner, SamplingPointsView)
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +270,141 @@ def test_sampling_view_draws_the_chosen_encoder_pixel_and_fits_the_sliders(defor
     # the reference point is that pixel's centre, normalised by its level's size
     centre = torch.tensor([(2 + 0.5) / shapes[1][1], (1 + 0.5) / shapes[1][0]])
     torch.testing.assert_close(view.reference[1], centre)
+
+
+# --- anchor queries: positional attention maps (notebook 04) -----------------------------------
+
+
+SMALL_TRANSFORMER = {"d_model": 32, "num_heads": 4, "dim_feedforward": 64, "num_encoder_layers": 1,
+                     "num_decoder_layers": 2}
+
+
+@pytest.fixture(scope="module")
+def anchor_models(model):
+    torch.manual_seed(0)
+    return {"detr": model,
+            "conditional": tutorial.build_model("conditional_detr_tiny", num_queries=8,
+                                                transformer=SMALL_TRANSFORMER).eval(),
+            "dab": tutorial.build_model("dab_detr_tiny", num_queries=6, transformer=SMALL_TRANSFORMER).eval()}
+
+
+def test_positional_view_draws_the_chosen_querys_map_for_the_chosen_model(anchor_models, val_set):
+    view = PositionalAttentionView(anchor_models, val_set, name="dab", index=1, query=0, layer=0)
+    image, _ = val_set[1]
+    mask = torch.zeros(1, *image.shape[-2:], dtype=torch.bool)
+    with torch.no_grad():
+        out = anchor_models["dab"](image[None], mask, return_intermediates=True)
+    hf, wf = out["feature_size"]
+    before = overlay_values(view).copy()
+    view.controls["query"].value = 4
+    maps = positional_attention(out["spatial_queries"][0], out["spatial_keys"][0], 4)[0]  # (M, Q, N)
+    after = overlay_values(view)
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, maps.mean(0)[4].reshape(hf, wf).numpy(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(view.attention_map, out["decoder_attention"][0][0].mean(0)[4].reshape(hf, wf))
+    # the white reference is query 4's anchor box of layer 1: dashed, at the learned anchor
+    dashed = [p for p in view.figure.axes[0].patches if isinstance(p, Rectangle)]
+    (expected_box,) = plots.boxes_to_pixels(out["reference_points"][0][0, 4][None], image.shape[-2:]).tolist()
+    assert dashed[0].get_xy() == pytest.approx(tuple(expected_box[:2]), abs=1e-3)
+
+    view.controls["layer"].value = 1  # layer 2: its anchors were refined by layer 1
+    maps = positional_attention(out["spatial_queries"][1], out["spatial_keys"][1], 4)[0]  # (M, Q, N)
+    np.testing.assert_allclose(overlay_values(view), maps.mean(0)[4].reshape(hf, wf).numpy(), rtol=1e-5, atol=1e-7)
+
+    view.controls["model"].value = "detr"  # DETR: the learned query against the positions, per head
+    view.controls["head"].value = 2
+    with torch.no_grad():
+        detr_out = anchor_models["detr"](image[None], mask, return_attention=True)
+        expected = anchor_models["detr"].positional_attention(detr_out["feature_mask"], 1)[0, 2, 4]  # (N,)
+    np.testing.assert_allclose(overlay_values(view), expected.reshape(hf, wf).numpy(), rtol=1e-5, atol=1e-7)
+    assert view.controls["query"].max == anchor_models["detr"].cfg.num_queries - 1
+
+
+def test_positional_view_fits_queries_to_the_model_and_draws_finer_grids(anchor_models, val_set):
+    runners = {n: QueryRunner(m, val_set, grid=(12, 10)) for n, m in anchor_models.items()}
+    view = PositionalAttentionView(anchor_models, val_set, name="conditional", query=7, runners=runners)
+    assert overlay_values(view).shape == (12, 10)
+    view.controls["model"].value = "dab"  # 6 queries: the slider shrinks and the query is clipped
+    assert view.controls["query"].max == 5 and view.controls["query"].value == 5
+    r = runners["dab"](0)
+    image, _ = val_set[0]
+    with torch.no_grad():
+        out = anchor_models["dab"](image[None], torch.zeros(1, *image.shape[-2:], dtype=torch.bool),
+                                   return_intermediates=True)
+        keys = anchor_models["dab"].spatial_keys(torch.zeros(1, 12, 10, dtype=torch.bool), 0)  # (1, 120, C)
+    expected = positional_attention(out["spatial_queries"][0], keys, 4)[0].mean(0)[5].reshape(12, 10)
+    np.testing.assert_allclose(overlay_values(view), expected.numpy(), rtol=1e-5, atol=1e-7)
+    assert r["grid_size"] == (12, 10) and r["references"][0].shape == (6, 4)
+
+
+# --- query denoising (notebook 05) ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dn_model():
+    torch.manual_seed(0)
+    return tutorial.build_model("dn_detr_tiny", num_queries=6, transformer=SMALL_TRANSFORMER).eval()
+
+
+def test_denoising_view_draws_the_chosen_groups_noised_queries(dn_model, val_set):
+    first, second = images_with_objects(val_set)
+    bn = [m for m in dn_model.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    running_mean = bn.running_mean.clone()
+    view = DenoisingView(dn_model, val_set, index=first, group="all", layer=-1)
+    before = view.anchors.clone()
+    with view.hold():
+        view.controls["group"].value = 2
+    view.controls["index"].value = second
+    assert not dn_model.training and torch.equal(bn.running_mean, running_mean)  # looking changed nothing
+
+    image, target = val_set[second]  # the model itself, in training mode, with the runner's seed
+    dn_model.train()
+    bn.eval()
+    torch.manual_seed(int(target["image_id"]))
+    with torch.no_grad():
+        out = dn_model(image[None], torch.zeros(1, *image.shape[-2:], dtype=torch.bool), targets=[target],
+                       return_intermediates=True)
+    dn_model.eval()
+    p, m = out["dn_groups"]
+    n = len(target["labels"])
+    slots = list(range(2 * m, 2 * m + n))  # group 2's slots holding an object
+    assert view.queries == slots
+    assert before.shape != view.anchors.shape or not torch.equal(before, view.anchors)
+    torch.testing.assert_close(view.anchors, out["dn_anchors"][0, slots])
+    torch.testing.assert_close(view.targets, target["boxes"].float())  # each object once, in order
+    torch.testing.assert_close(view.predictions, out["dn_outputs"]["pred_boxes"][-1, 0, slots])
+    h, w = image.shape[-2:]
+    arrows = view.figure.axes[0].texts
+    assert len(arrows) == n
+    for arrow, anchor, obj in zip(arrows, view.anchors.tolist(), target["boxes"].tolist()):
+        assert arrow.xyann == pytest.approx((anchor[0] * w, anchor[1] * h), abs=1e-3)
+        assert arrow.xy == pytest.approx((obj[0] * w, obj[1] * h), abs=1e-3)
+
+    view.controls["layer"].value = 0
+    torch.testing.assert_close(view.predictions, out["dn_outputs"]["pred_boxes"][0, 0, slots])
+
+
+def test_dn_attention_mask_figure_and_curves(tmp_path):
+    from matplotlib.figure import Figure
+
+    from tutorial.dn_detr import dn_attention_mask
+
+    ax = Figure().add_subplot()
+    mask = dn_attention_mask(3, 2, 4)  # (10, 10)
+    im = plots.plot_dn_attention_mask(ax, mask, 3, 2)
+    np.testing.assert_array_equal(np.asarray(im.get_array()), mask.numpy().astype(float))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["group 0", "group 1", "group 2", "matching (4)"]
+
+    # committed results: the convergence report when it has the run, else the checkpoint's manifest
+    report, manifests = tmp_path / "convergence.json", tmp_path / "checkpoints"
+    manifests.mkdir()
+    (manifests / "a.json").write_text('{"ap_curve": [{"epoch": 0, "AP": 0.1}, {"epoch": 1, "AP": 0.2}]}')
+    (manifests / "b.json").write_text('{"ap_curve": [{"epoch": 0, "AP": 0.3}]}')
+    report.write_text('{"curves": {"b": [{"epoch": 0, "AP": 0.1}, {"epoch": 1, "AP": 0.4, "IS": 7}]}}')
+    curves, sources = plots.load_training_curves(["a", "b", "c"], report, manifests)
+    assert set(curves) == {"a", "b"} and sources == {"a": str(manifests / "a.json"), "b": str(report)}
+    fig = plots.plot_instability_and_ap(curves)
+    ax_is, ax_ap = fig.axes[:2]
+    assert [tuple(line.get_xydata()[:, 1]) for line in ax_ap.lines] == [(0.1, 0.2), (0.1, 0.4)]
+    assert len(ax_is.lines) == 1 and tuple(ax_is.lines[0].get_xydata()[0]) == (2, 7)  # IS^i at epoch i = 2
+    assert "a" in ax_is.texts[0].get_text()  # a run without IS is named, not drawn

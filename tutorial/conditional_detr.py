@@ -311,6 +311,14 @@ class ConditionalDETR(nn.Module):
         dec = self.run_decoder(tgt, queries, enc, None, return_intermediates)
         return self.outputs(self.predict(dec), dec, enc, return_intermediates=return_intermediates)
 
+    def spatial_keys(self, feature_mask: Tensor, layer: int = 0) -> Tensor:
+        """Decoder layer `layer`'s projected pixel positions p_k (output "spatial_keys") for any grid:
+        feature_mask (B, H, W) True on padding -> (B, N, C). With a layer's "spatial_queries",
+        `positional_attention` evaluates the positional maps on that grid, e.g. a finer one than
+        the image's feature map (the sine positions are normalised, so the maps keep their shape)."""
+        pos = rearrange(self.position_encoding(feature_mask), "b c h w -> b (h w) c")  # (B, N, C)
+        return self.decoder.layers[layer].ca_kpos_proj(pos)  # (B, N, C)
+
     # Deformable DETR's focal criterion and top-k post-processing, unchanged (they read
     # cfg.matcher, cfg.loss, cfg.focal_alpha and cfg.num_detections).
     build_criterion = DeformableDETR.build_criterion

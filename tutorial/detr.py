@@ -14,6 +14,7 @@ L_dec decoder layers, M heads.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -82,6 +83,26 @@ class DETR(nn.Module):
             out.update(encoder_attention=enc_attn, decoder_attention=dec_attn, feature_size=(h, w),
                        feature_mask=fmask)
         return out
+
+    def positional_attention(self, feature_mask: Tensor, layer: int = 0) -> Tensor:
+        """The positional part of decoder layer `layer`'s cross-attention on its own: per head,
+        softmax over the pixels of (W_q o_q + b_q)ᵀ(W_k p_k) / √d, with o_q the learned object query
+        (`query_embed`), p_k the pixels' sine encoding of `feature_mask` and W_q, b_q, W_k that
+        layer's query and key projections (the key bias adds the same amount to every pixel, so
+        the softmax ignores it). The full logits add content terms (decoder embedding, pixel
+        features) to both sides; this keeps only position against position, which is what the
+        seed's "positional attention maps between the learned queries and the positional
+        embeddings from a feature map" show (DAB-DETR Fig. 2(a)). It depends on no image, only on
+        the grid: `feature_mask` (B, H, W) True on padding, any H, W -> (B, M, Q, N), N = H·W.
+        (A sine encoding's positions are normalised to the valid grid, so a finer grid samples
+        the same maps more densely.)"""
+        pos = rearrange(self.position_encoding(feature_mask), "b c h w -> b (h w) c")  # (B, N, C)
+        attn = self.transformer.decoder_layers[layer].cross_attn
+        q = rearrange(attn.q_proj(self.query_embed.weight), "q (m d) -> m q d", m=attn.num_heads)  # (M, Q, d)
+        k = rearrange(attn.k_proj(pos), "b n (m d) -> b m n d", m=attn.num_heads)  # (B, M, N, d)
+        logits = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, M, Q, N)
+        logits = logits.masked_fill(feature_mask.flatten(1)[:, None, None, :], float("-inf"))
+        return logits.softmax(-1)  # (B, M, Q, N)
 
     def build_criterion(self) -> SetCriterion:
         return SetCriterion(HungarianMatcher(self.cfg.matcher), self.cfg.loss)

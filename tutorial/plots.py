@@ -1,6 +1,8 @@
 """Static matplotlib figures for the notebooks: images with boxes, data statistics, matching
 costs, positional encodings, attention maps and the seed deck's DETR figures; Deformable DETR's
-attention entropy, sampling points, reference points and box refinement.
+attention entropy, sampling points, reference points and box refinement; anchor queries
+(positional attention maps, learned anchors, anchors through the decoder) and query denoising
+(anchor-to-target arrows, the attention mask, the box noise, IS and AP curves).
 
 Every function either draws into an `ax` it is given or builds and returns a new
 `matplotlib.figure.Figure`; none touches pyplot's global state, so a widget
@@ -20,8 +22,10 @@ Q queries; n boxes; M heads; L levels (H_l, W_l each); P sampling points per lev
 """
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -656,3 +660,245 @@ def plot_box_refinement(ax: Axes, image, layer_boxes, references, labels=None, s
     handles = [Line2D([], [], color="k", linestyle=s, label=f"layer {k + 1}") for k, s in enumerate(styles)]
     handles.append(Line2D([], [], marker="o", linestyle="", color="k", label="reference point"))
     ax.legend(handles=handles, fontsize=6, loc="upper right", framealpha=0.7)
+
+
+# --- Anchor queries: positional attention maps, learned anchors, anchors through the layers ----
+#
+# Anchors and reference points are normalised (cx, cy[, w, h]) in [0, 1] of the unpadded image
+# (DAB-DETR's A_q = σ(learned logits); Conditional DETR's s), drawn at (x·W, y·H) on it.
+
+
+def draw_reference(ax: Axes, reference, image_size, colour: str = "white", linewidth: float = 1.2) -> None:
+    """One query's reference (2,) point (x, y) or (4,) anchor box (cx, cy, w, h), normalised, on an
+    image of image_size (H, W): a cross at the centre and, for a box, the box dashed."""
+    ref = torch.as_tensor(reference, dtype=torch.float32).detach().cpu().reshape(-1)  # (2|4,)
+    h, w = (float(v) for v in image_size)
+    if ref.numel() == 4:
+        draw_boxes(ax, boxes_to_pixels(ref[None], (h, w)), colours=[colour], linestyle="--", linewidth=linewidth,
+                   text=False)
+    ax.plot(ref[0].item() * w, ref[1].item() * h, marker="+", color=colour, markersize=9, markeredgewidth=2, zorder=5)
+
+
+def plot_positional_maps(image, maps: dict, queries, grid_size: tuple[int, int], size=None,
+                         references: dict | None = None, fig: Figure | None = None) -> Figure:
+    """The seed's "Understanding the queries" figure (DAB-DETR Fig. 2): positional attention maps
+    between learned queries and the positional embeddings of a feature map, one row per model.
+
+    maps {model name: (Q, h·w)} one layer's maps (a head, or the mean over heads) on a grid of
+    grid_size (h, w) spread over the image (3, H, W); queries: the query indices to draw, a list for
+    every row or {name: list}; references {name: (Q, 2|4) normalised, or None} each query's
+    reference point or anchor box, drawn white (`draw_reference`). Panel (row r, column c) is
+    `fig.axes[r * len(columns) + c]`; its overlay's array is the map drawn. Each panel's colours
+    run from 0 to that map's own maximum (its title gives max / uniform = max · h·w)."""
+    names = list(maps)
+    per_row = {n: list(queries[n] if isinstance(queries, dict) else queries) for n in names}
+    ncols = max(len(q) for q in per_row.values())
+    img = denormalize(image)  # (H, W, 3)
+    fig = fig or Figure(figsize=(1.9 * ncols + 0.6, 2.1 * len(names)), layout="constrained")
+    axes = fig.subplots(len(names), ncols, squeeze=False)
+    h, w = grid_size
+    for r, name in enumerate(names):
+        for c, ax in enumerate(axes[r]):
+            if c >= len(per_row[name]):
+                ax.axis("off")
+                continue
+            q = per_row[name][c]
+            m = torch.as_tensor(maps[name])[q].detach().cpu().reshape(h, w)  # (h, w)
+            attention_overlay(ax, img, m, size=size, alpha=0.75,
+                              title=f"q{q}: max {float(m.max()) * h * w:.1f}× uniform")
+            ref = None if references is None or references.get(name) is None else references[name][q]
+            if ref is not None:
+                draw_reference(ax, ref, img.shape[:2])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=9)
+    return fig
+
+
+def plot_anchor_boxes(ax: Axes, anchors, title: str | None = None, labels: bool = True) -> None:
+    """Learned anchors (Q, 4) boxes (cx, cy, w, h) or (Q, 2) points, normalised, over the unit
+    square (y down, as in an image): each query's box and its centre, one colour per query
+    (cycling), labelled q0, q1, ... (DAB-DETR: A_q = σ(refpoint_embed); "learn anchor boxes"
+    against "learn 2D coordinates only")."""
+    a = torch.as_tensor(anchors, dtype=torch.float32).detach().cpu()  # (Q, 2|4)
+    for q, anchor in enumerate(a.tolist()):
+        colour = PALETTE[q % len(PALETTE)]
+        if len(anchor) == 4:
+            cx, cy, w, h = anchor
+            ax.add_patch(Rectangle((cx - w / 2, cy - h / 2), w, h, fill=False, edgecolor=colour, linewidth=1,
+                                   alpha=0.8))
+        ax.plot(anchor[0], anchor[1], marker="o", markersize=4, color=colour)
+        if labels:
+            ax.text(anchor[0], anchor[1], f" q{q}", fontsize=6, color=colour, va="center")
+    ax.add_patch(Rectangle((0, 0), 1, 1, fill=False, edgecolor="k", linewidth=0.8))
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_ylim(1.05, -0.05)
+    ax.set_aspect("equal")
+    ax.tick_params(labelsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+LAYER_STYLES = (":", "--", "-.")  # anchors given to decoder layers 1, 2, 3, ...; the output is solid
+
+
+def plot_anchor_layers(ax: Axes, image, anchors, final_boxes, size=None, title: str | None = None) -> None:
+    """How anchors move through the decoder (DAB-DETR: A_q^{l+1} = σ(Δ^l + σ⁻¹(A_q^l)), "dynamic"
+    anchor boxes). anchors (L_dec, n, 4|2): the anchor each decoder layer received for n queries,
+    normalised (the first is the learned one); final_boxes (n, 4) cxcywh normalised, the last
+    layer's predicted boxes. One colour per query; layer l's anchor box in line style
+    `LAYER_STYLES[l]`, the prediction solid; arrows join the centres, layer to layer."""
+    a = torch.as_tensor(anchors, dtype=torch.float32).detach().cpu()  # (L_dec, n, 4|2)
+    final = torch.as_tensor(final_boxes, dtype=torch.float32).detach().cpu().reshape(-1, 4)  # (n, 4)
+    img = denormalize(image)  # (H, W, 3)
+    height, width = img.shape[:2]
+    show_image(ax, img, size, title)
+    scale = torch.tensor([width, height], dtype=torch.float32)
+    num_layers = a.shape[0]
+    styles = [LAYER_STYLES[min(i, len(LAYER_STYLES) - 1)] for i in range(num_layers)]
+    for i in range(a.shape[1]):
+        colour = PALETTE[i % len(PALETTE)]
+        centres = torch.cat([a[:, i, :2], final[i:i + 1, :2]]) * scale  # (L_dec + 1, 2) pixels
+        for layer in range(num_layers):
+            if a.shape[-1] == 4:
+                draw_boxes(ax, boxes_to_pixels(a[layer, i][None], (height, width)), colours=[colour],
+                           linestyle=styles[layer], linewidth=1, text=False)
+        draw_boxes(ax, boxes_to_pixels(final[i][None], (height, width)), colours=[colour], linewidth=2, text=False)
+        ax.plot(*centres[0].tolist(), marker="o", markersize=5, color=colour, markeredgecolor="white")
+        for (x0, y0), (x1, y1) in zip(centres[:-1].tolist(), centres[1:].tolist()):
+            ax.annotate("", (x1, y1), (x0, y0), arrowprops=dict(arrowstyle="->", color=colour, lw=1.2))
+    handles = [Line2D([], [], color="k", linestyle=s, label=f"anchor of layer {k + 1}") for k, s in enumerate(styles)]
+    handles += [Line2D([], [], color="k", linewidth=2, label="predicted box"),
+                Line2D([], [], marker="o", linestyle="", color="k", label="learned anchor")]
+    ax.legend(handles=handles, fontsize=6, loc="upper right", framealpha=0.7)
+
+
+# --- Query denoising (DN-DETR): anchors to targets, the attention mask, the noise, IS and AP ---
+
+
+def plot_anchor_arrows(ax: Axes, image, anchors, targets, colours=None, flipped=None, size=None,
+                       title: str | None = None, anchor_boxes: bool = True, target_boxes: bool = True) -> None:
+    """Seed, "DN-DETR": "Each arrow starts from an anchor and points to a target" (DN-DETR Fig. 3).
+
+    anchors (n, 4|2) and targets (n, 4) normalised cxcywh: arrow k goes from anchor k's centre to
+    target k's centre. Targets are drawn as solid white boxes (with `target_boxes`), anchors (with
+    `anchor_boxes`) as dashed boxes in colours[k] (default: one per k). flipped (n,) bool marks, with a red ×, the
+    anchors whose label noise changed the class. Arrow k is the annotation `ax.texts[k]`, with
+    `xyann` the anchor's centre and `xy` the target's, in pixels."""
+    a = torch.as_tensor(anchors, dtype=torch.float32).detach().cpu().reshape(len(anchors), -1)  # (n, 4|2)
+    t = torch.as_tensor(targets, dtype=torch.float32).detach().cpu().reshape(-1, 4)  # (n, 4)
+    img = denormalize(image)  # (H, W, 3)
+    height, width = img.shape[:2]
+    show_image(ax, img, size, title)
+    colours = colours if colours is not None else [PALETTE[k % len(PALETTE)] for k in range(len(a))]
+    if target_boxes:
+        unique_targets = torch.unique(t, dim=0) if len(t) else t  # (n', 4): each object once
+        draw_boxes(ax, boxes_to_pixels(unique_targets, (height, width)), colours=["white"] * len(unique_targets),
+                   linewidth=1.5, text=False)
+    scale = torch.tensor([width, height], dtype=torch.float32)
+    for k in range(len(a)):
+        if anchor_boxes and a.shape[1] == 4:
+            draw_boxes(ax, boxes_to_pixels(a[k][None], (height, width)), colours=[colours[k]], linestyle="--",
+                       linewidth=0.9, text=False)
+        (x0, y0), (x1, y1) = (a[k, :2] * scale).tolist(), (t[k, :2] * scale).tolist()
+        ax.annotate("", (x1, y1), (x0, y0), arrowprops=dict(arrowstyle="->", color=colours[k], lw=1.3))
+        ax.plot(x0, y0, marker="o", markersize=3, color=colours[k])
+        if flipped is not None and bool(flipped[k]):
+            ax.plot(x0, y0, marker="x", markersize=7, markeredgewidth=2, color="red", zorder=6)
+
+
+def plot_dn_attention_mask(ax: Axes, mask, num_groups: int, group_size: int, title: str | None = None) -> AxesImage:
+    """The denoising self-attention mask as an image (seed, "DN-DETR": a_ij; DN-DETR Sec. 3.4):
+    mask (T, T) bool, True (black) where query i (row) may not see query j (column), for
+    T = P·M + Q queries ordered [group 0 | ... | group P-1 | matching]. Group boundaries are drawn
+    in red and each block of rows and columns is named on the axes. Returns the image (its array
+    is the mask as 0/1)."""
+    m = np.asarray(torch.as_tensor(mask).detach().cpu(), dtype=float)  # (T, T)
+    t = m.shape[0]
+    pm = num_groups * group_size
+    im = ax.imshow(m, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    bounds = [g * group_size for g in range(num_groups + 1)]
+    for b in bounds[1:]:
+        ax.axhline(b - 0.5, color="tab:red", linewidth=0.8)
+        ax.axvline(b - 0.5, color="tab:red", linewidth=0.8)
+    centres = [(g + 0.5) * group_size - 0.5 for g in range(num_groups)] + [(pm + t) / 2 - 0.5]
+    names = [f"group {g}" for g in range(num_groups)] + [f"matching ({t - pm})"]
+    ax.set_xticks(centres, names, rotation=90, fontsize=7)
+    ax.set_yticks(centres, names, fontsize=7)
+    ax.set_xlabel("key j (attended to)", fontsize=8)
+    ax.set_ylabel("query i", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return im
+
+
+def plot_noise_bounds(axes, centre_shift, size_change, scale: float) -> None:
+    """DN-DETR's box noise against its bounds λ (`box_noise_scale`): axes (2,); centre_shift (n, 2)
+    |Δx|/w, |Δy|/h and size_change (n, 2) |Δw|/w, |Δh|/h of noised boxes relative to their
+    objects. Uniform noise fills [0, λ/2) for the centre and [0, λ) for the size (dashed lines);
+    clipping to the image can only shorten a shift."""
+    ax_c, ax_s = axes
+    c = np.asarray(torch.as_tensor(centre_shift).detach().cpu(), dtype=float)  # (n, 2)
+    s = np.asarray(torch.as_tensor(size_change).detach().cpu(), dtype=float)  # (n, 2)
+    for ax, values, bound, names, what in ((ax_c, c, scale / 2, ("|Δx| / w", "|Δy| / h"), "centre shift"),
+                                           (ax_s, s, scale, ("|Δw| / w", "|Δh| / h"), "size change")):
+        bins = np.linspace(0, bound * 1.15, 24)
+        for k in range(2):
+            ax.hist(values[:, k], bins=bins, histtype="step", linewidth=1.5, label=names[k], color=PALETTE[k])
+        ax.axvline(bound, color="k", linestyle="--", linewidth=1)
+        ax.text(bound, ax.get_ylim()[1] * 0.95, f" {'λ/2' if what == 'centre shift' else 'λ'} = {bound:g}",
+                fontsize=8, va="top")
+        ax.set_title(f"{what}: max {values.max():.3f} (bound {bound:g})", fontsize=9)
+        ax.set_xlabel("relative to the object's size", fontsize=8)
+        ax.legend(fontsize=7, loc="lower left")
+
+
+def load_training_curves(names, convergence: str | Path, checkpoints: str | Path) -> tuple[dict, dict]:
+    """Per-epoch validation records of the runs `names` from committed results, for
+    `plot_instability_and_ap`. For each name: bench/convergence.py's report (`convergence`, its
+    "curves"[name]) if it has that run, else the shipped checkpoint's manifest
+    (`checkpoints`/<name>.json, its "ap_curve", which carries no IS). Returns ({name: [record with
+    "epoch", "AP", ... and "IS" where recorded]}, {name: the file it came from}); a name found in
+    neither is in neither dict."""
+    convergence, checkpoints = Path(convergence), Path(checkpoints)
+    report = json.loads(convergence.read_text()).get("curves", {}) if convergence.exists() else {}
+    curves, sources = {}, {}
+    for name in names:
+        manifest = checkpoints / f"{name}.json"
+        if report.get(name):
+            curves[name], sources[name] = report[name], str(convergence)
+        elif manifest.exists() and json.loads(manifest.read_text()).get("ap_curve"):
+            curves[name], sources[name] = json.loads(manifest.read_text())["ap_curve"], str(manifest)
+    return curves, sources
+
+
+def plot_instability_and_ap(curves: dict, fig: Figure | None = None) -> Figure:
+    """Seed, "DN-DETR", Fig. 2: the instability score IS^i (how many predictions change their
+    matched object between epochs i-1 and i, `tutorial/instability.py`) against the epoch, next to
+    val AP against the epoch. curves {run name: [{"epoch", "AP", optionally "IS"}, ...]}; a run
+    without IS records is named in the left panel instead of drawn. Panel 0 is IS, panel 1 AP; one
+    line per run in `curves` order (line k of a panel is run k's, if it has data there)."""
+    fig = fig or Figure(figsize=(10, 3.6), layout="constrained")
+    ax_is, ax_ap = fig.subplots(1, 2)
+    without_is = []
+    for k, (name, curve) in enumerate(curves.items()):
+        colour = PALETTE[k % len(PALETTE)]
+        with_is = [r for r in curve if r.get("IS") is not None]
+        if with_is:
+            ax_is.plot([r["epoch"] + 1 for r in with_is], [r["IS"] for r in with_is], marker="o", color=colour,
+                       label=name)
+        else:
+            without_is.append(name)
+        with_ap = [r for r in curve if r.get("AP") is not None]
+        ax_ap.plot([r["epoch"] + 1 for r in with_ap], [r["AP"] for r in with_ap], marker="o", color=colour,
+                   label=name)
+    if without_is:
+        ax_is.text(0.5, 0.5, "no IS recorded for\n" + "\n".join(without_is), transform=ax_is.transAxes,
+                   ha="center", va="center", fontsize=8, color="0.4")
+    ax_is.set(xlabel="epoch i", ylabel="IS^i (changed matches)", title="instability of the matching")
+    ax_ap.set(xlabel="epoch", ylabel="val AP", title="val AP")
+    for ax in (ax_is, ax_ap):
+        ax.grid(alpha=0.3)
+        ax.title.set_fontsize(9)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    return fig

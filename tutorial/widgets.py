@@ -1,5 +1,6 @@
 """Interactive views for the notebooks (ipywidgets): the data set, the Hungarian matching,
-DETR's encoder and decoder attention, and Deformable DETR's sampling points.
+DETR's encoder and decoder attention, Deformable DETR's sampling points, the positional
+attention maps of DETR, Conditional DETR and DAB-DETR's queries, and DN-DETR's denoising queries.
 
 Each view is a small class that owns
 - `figure`: one `matplotlib.figure.Figure`, cleared and redrawn by `render()`;
@@ -11,8 +12,9 @@ and shows its controls and output when it is the last expression of a notebook c
 (`_ipython_display_`; `view.widget` is the same box). Right after construction `view.figure`
 is the default state, drawn once: the static fallback a notebook shows before the widget.
 
-Model outputs come from `model(images, mask, return_attention=True)` (Deformable DETR:
-`return_intermediates=True`), never from forward hooks; `ModelRunner` (`DeformableRunner`) runs
+Model outputs come from `model(images, mask, return_attention=True)` (Deformable DETR and the
+anchor models: `return_intermediates=True`), never from forward hooks; `ModelRunner`
+(`DeformableRunner`, `QueryRunner`, `DenoisingRunner`) runs
 the model once per image (batch of one, so no padding) and caches the result, so moving a slider
 only redraws.
 
@@ -32,6 +34,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from . import plots
+from .conditional_detr import ConditionalDETR, positional_attention
 from .matcher import MatcherWeights, hungarian_match, matching_cost
 
 
@@ -103,6 +106,109 @@ class DeformableRunner(ModelRunner):
                 # per layer: locations (N, M, L, P, 2) and weights (N, M, L, P); the decoder's with Q for N
                 "encoder_sampling": [(loc[0], w[0]) for loc, w in out["encoder_sampling"]],
                 "decoder_sampling": [(loc[0], w[0]) for loc, w in out["decoder_sampling"]]}
+
+
+class QueryRunner(ModelRunner):
+    """`ModelRunner` for the positional attention maps of DETR, Conditional DETR and DAB-DETR (also
+    DN-DETR, which is DAB-DETR at inference). `runner(index)` returns {"image", "target", "size",
+    "pred_boxes" (Q, 4) cxcywh, "scores", "labels" (Q,) each query's best class (softmax without ∅
+    for DETR, sigmoid for the others), "boxes" (Q, 4) xyxy pixels, "decoder_attention" [(M, Q, N)]
+    per decoder layer, "feature_size" (H_f, W_f), "feature_mask" (H_f, W_f), "positional_attention"
+    [(M, Q, h·w)] per decoder layer on a grid of "grid_size" (h, w), "references" [(Q, 2|4)] per
+    layer (Conditional DETR's reference point s, DAB-DETR's anchor A_q, normalised; None for DETR)}.
+
+    The positional map of a query is the positional part of its cross-attention alone (seed,
+    "DAB-DETR": "positional attention maps between the learned queries and the positional
+    embeddings from a feature map", DAB-DETR Fig. 2): DETR: `DETR.positional_attention`;
+    the others: `positional_attention(spatial query, spatial keys)` (`tutorial/conditional_detr.py`).
+    `grid` None evaluates it on the image's own feature grid (then it is exactly what the model
+    computes inside its cross-attention), or on an (h, w) grid over the image: the keys are sine
+    encodings of normalised positions, so a finer grid draws the same maps more smoothly.
+    """
+
+    def __init__(self, model: nn.Module, dataset, grid: tuple[int, int] | None = None, cache_size: int = 64):
+        super().__init__(model, dataset, cache_size)
+        self.grid = grid
+
+    def compute(self, image: Tensor, mask: Tensor, target: dict) -> dict:
+        model = self.model
+        conditional = isinstance(model, ConditionalDETR)
+        if conditional:
+            out = model(image[None], mask, return_intermediates=True)
+            scores, labels = out["pred_logits"][0].sigmoid().max(-1)  # (Q,), (Q,)
+        else:
+            out = model(image[None], mask, return_attention=True)
+            scores, labels = out["pred_logits"][0].softmax(-1)[:, :-1].max(-1)  # (Q,), (Q,): without ∅
+        fmask = out["feature_mask"]  # (1, H_f, W_f)
+        grid_mask = fmask if self.grid is None else torch.zeros(1, *self.grid, dtype=torch.bool)  # (1, h, w)
+        num_layers = len(out["decoder_attention"])
+        if conditional:
+            heads = model.cfg.transformer.num_heads
+            positional = [positional_attention(out["spatial_queries"][l], model.spatial_keys(grid_mask, l), heads,
+                                               grid_mask.flatten(1))[0] for l in range(num_layers)]  # (M, Q, h·w)
+            references = [r[0] for r in out["reference_points"]]  # per layer (Q, 2|4)
+        else:
+            positional = [model.positional_attention(grid_mask, l)[0] for l in range(num_layers)]  # (M, Q, h·w)
+            references = None
+        return {"pred_boxes": out["pred_boxes"][0], "scores": scores, "labels": labels,  # (Q, 4), (Q,), (Q,)
+                "boxes": plots.boxes_to_pixels(out["pred_boxes"][0], target["size"]),  # (Q, 4) xyxy pixels
+                "decoder_attention": [a[0] for a in out["decoder_attention"]],  # per layer (M, Q, N)
+                "feature_size": tuple(out["feature_size"]), "feature_mask": fmask[0],  # (H_f, W_f)
+                "positional_attention": positional, "grid_size": tuple(grid_mask.shape[-2:]),
+                "references": references}
+
+
+@contextmanager
+def denoising_mode(model: nn.Module):
+    """DN-DETR builds its denoising queries in training mode only: inside this block the model is in
+    training mode except for its batch-norm layers, which keep using (and do not update) their
+    running statistics, so looking at the queries changes nothing. Run it under `torch.no_grad()`."""
+    was_training = model.training
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+class DenoisingRunner(ModelRunner):
+    """`ModelRunner` for DN-DETR's denoising queries (notebook 05): `runner(index)` runs the model
+    in `denoising_mode` on image `index` with its ground truth, the noise drawn from a generator
+    seeded with `seed + index` (so an image always gets the same noise), and returns {"image",
+    "target", "size", "dn_anchors" (P·M, 4) the noised boxes, "dn_target_boxes" (P·M, 4),
+    "dn_target_index" (P·M,) (-1 on padding), "dn_labels" (P·M,) noised labels, "flipped" (P·M,)
+    True where the noised label differs from the object's, "groups" (P·M,) each query's group,
+    "dn_layer_boxes" (L_dec, P·M, 4) what the denoising queries predict after each decoder layer
+    (all cxcywh normalised), "dn_attention_mask" (T, T), "dn_groups" (P, M)}. An image without
+    objects gets no denoising queries (M = 0)."""
+
+    def __init__(self, model: nn.Module, dataset, seed: int = 0, cache_size: int = 64):
+        super().__init__(model, dataset, cache_size)
+        self.seed = seed
+
+    def compute(self, image: Tensor, mask: Tensor, target: dict) -> dict:
+        with torch.random.fork_rng(), denoising_mode(self.model):
+            torch.manual_seed(self.seed + int(target["image_id"]))
+            out = self.model(image[None], mask, targets=[target], return_intermediates=True)
+        if "dn_anchors" not in out:  # no object: no denoising queries
+            p, empty = self.model.cfg.dn_number, torch.zeros(0, 4)
+            return {"dn_anchors": empty, "dn_target_boxes": empty, "dn_target_index": torch.zeros(0, dtype=torch.int64),
+                    "dn_labels": torch.zeros(0, dtype=torch.int64), "flipped": torch.zeros(0, dtype=torch.bool),
+                    "groups": torch.zeros(0, dtype=torch.int64), "dn_layer_boxes": torch.zeros(0, 0, 4),
+                    "dn_attention_mask": torch.zeros(self.model.cfg.num_queries, self.model.cfg.num_queries,
+                                                     dtype=torch.bool), "dn_groups": (p, 0)}
+        index = out["dn_target_index"][0]  # (P·M,)
+        true_labels = target["labels"][index.clamp_min(0)]  # (P·M,): the object's class (any on padding)
+        p, m = out["dn_groups"]
+        return {"dn_anchors": out["dn_anchors"][0], "dn_target_boxes": out["dn_target_boxes"][0],  # (P·M, 4) each
+                "dn_target_index": index, "dn_labels": out["dn_labels"][0],  # (P·M,) each
+                "flipped": (out["dn_labels"][0] != true_labels) & (index >= 0),  # (P·M,)
+                "groups": torch.arange(p).repeat_interleave(m),  # (P·M,)
+                "dn_layer_boxes": out["dn_outputs"]["pred_boxes"][:, 0],  # (L_dec, P·M, 4)
+                "dn_attention_mask": out["dn_attention_mask"], "dn_groups": (p, m)}
 
 
 def level_strides(model: nn.Module, num_levels: int) -> list[int]:
@@ -466,3 +572,125 @@ class SamplingPointsView(View):
         plots.plot_sampling_points(r["image"], locations, weights, shapes, self.reference, box, c["head"],
                                    r["size"], r["strides"], fig=self.figure)
         self.figure.suptitle(f"{what}; {head}, size ∝ weight", fontsize=9)
+
+
+class PositionalAttentionView(View):
+    """(Notebook 04) One query's positional attention map (seed, "Understanding the queries";
+    DAB-DETR Fig. 2) next to its full cross-attention, for several models: choose the model, the
+    image, the query, the decoder layer and the head. Left: the positional map (the query's
+    position against the pixels' positions only) with its reference drawn white (Conditional
+    DETR's point, DAB-DETR's anchor box of that layer); right: the layer's real cross-attention
+    (content and position), with the query's predicted box in cyan. After `render()`,
+    `positional_map` (h, w) and `attention_map` (H_f, W_f) hold what is drawn and `overlay` is the
+    left panel's image."""
+
+    def __init__(self, models: dict[str, nn.Module], dataset, name: str | None = None, index: int = 0,
+                 query: int = 0, layer: int = 0, head="mean", grid: tuple[int, int] | None = None,
+                 runners: dict[str, QueryRunner] | None = None):
+        super().__init__(figsize=(9, 4.4))
+        self.runners = runners or {n: QueryRunner(m, dataset, grid) for n, m in models.items()}
+        self.dataset = dataset
+        first = name or next(iter(self.runners))
+        self.controls = {"model": widgets.Dropdown(options=list(self.runners), value=first, description="model"),
+                         "index": image_slider(len(dataset), index),
+                         "query": widgets.IntSlider(value=0, min=0, max=0, description="query",
+                                                    continuous_update=False),
+                         "layer": widgets.Dropdown(description="layer"),
+                         "head": widgets.Dropdown(description="head")}
+        self._fit_model(query, layer, head)
+        self._watch()
+        self.render()
+
+    @property
+    def widget(self) -> widgets.VBox:
+        c = self.controls
+        return widgets.VBox([widgets.HBox([c["model"], c["index"], c["query"]]),
+                             widgets.HBox([c["layer"], c["head"]]), self.output])
+
+    def _fit_model(self, query: int, layer: int, head) -> None:
+        """Fit the query, layer and head controls to the chosen model, keeping values that exist."""
+        cfg = self.runners[self.controls["model"].value].model.cfg
+        tc = cfg.transformer
+        self.controls["query"].max = cfg.num_queries - 1
+        self.controls["query"].value = min(query, cfg.num_queries - 1)
+        self.controls["layer"].options = [(f"layer {i + 1}", i) for i in range(tc.num_decoder_layers)]
+        self.controls["layer"].value = layer % tc.num_decoder_layers
+        heads = [("mean of heads", "mean")] + [(f"head {m}", m) for m in range(tc.num_heads)]
+        self.controls["head"].options = heads
+        self.controls["head"].value = head if head in [v for _, v in heads] else "mean"
+
+    def before_render(self, change) -> None:
+        if change["owner"] is self.controls["model"]:
+            c = self.controls
+            self._fit_model(c["query"].value, c["layer"].value, c["head"].value)
+
+    def draw(self) -> None:
+        c = {k: w.value for k, w in self.controls.items()}
+        r = self.runners[c["model"]](c["index"])
+        q, layer = c["query"], c["layer"]
+        (h, w), (hf, wf) = r["grid_size"], r["feature_size"]
+        self.positional_map = select_head(r["positional_attention"][layer], c["head"])[q].reshape(h, w)  # (h, w)
+        self.attention_map = select_head(r["decoder_attention"][layer], c["head"])[q].reshape(hf, wf)  # (H_f, W_f)
+        ax_pos, ax_attn = self.figure.subplots(1, 2)
+        head = "mean of heads" if c["head"] == "mean" else f"head {c['head']}"
+        ref = None if r["references"] is None else r["references"][layer][q]  # (2|4,) or None
+        what = {None: "no reference (DETR)", 2: "reference point", 4: "anchor box"}[None if ref is None else len(ref)]
+        self.overlay = plots.attention_overlay(
+            ax_pos, r["image"], self.positional_map, alpha=0.75,
+            title=f"{c['model']}: positional map of q{q}, layer {layer + 1}, {head}\n"
+                  f"{h}x{w} grid, max {float(self.positional_map.max()) * h * w:.1f}× uniform; {what} white")
+        if ref is not None:
+            plots.draw_reference(ax_pos, ref, r["image"].shape[-2:])
+        plots.attention_overlay(ax_attn, r["image"], self.attention_map, r["feature_mask"],
+                                title=f"full cross-attention (content + position)\npredicted "
+                                      f"{plots.class_name(r['labels'][q])} {r['scores'][q]:.2f} (cyan)")
+        plots.draw_boxes(ax_attn, r["boxes"][q:q + 1], colours=["cyan"], text=False)
+
+
+class DenoisingView(View):
+    """(Notebook 05) DN-DETR's denoising queries on one image (seed, "DN-DETR": "Each arrow starts from
+    an anchor and points to a target"; DN-DETR Fig. 3): left, an arrow from each noised box (the query's
+    anchor, dashed, one colour per group, a red × where label noise changed the class) to the object it
+    was made from (white); right, what those queries predict after the chosen decoder layer, with an
+    arrow from each anchor to its prediction. Controls: the image, the group ("all" or one of the P),
+    the layer. After `render()`, `anchors`, `targets` and `predictions` (n, 4) hold the drawn queries'
+    boxes (cxcywh normalised) and `queries` their indices among the P·M."""
+
+    def __init__(self, model: nn.Module, dataset, index: int = 0, group="all", layer: int = -1,
+                 runner: DenoisingRunner | None = None):
+        super().__init__(figsize=(9, 4.6))
+        self.runner = runner or DenoisingRunner(model, dataset)
+        cfg = self.runner.model.cfg
+        layers = cfg.transformer.num_decoder_layers
+        self.controls = {"index": image_slider(len(self.runner.dataset), index),
+                         "group": widgets.Dropdown(options=[("all groups", "all")]
+                                                   + [(f"group {g}", g) for g in range(cfg.dn_number)],
+                                                   value=group, description="group"),
+                         "layer": widgets.Dropdown(options=[(f"after layer {i + 1}", i) for i in range(layers)],
+                                                   value=layer % layers, description="predicted")}
+        self._watch()
+        self.render()
+
+    def draw(self) -> None:
+        c = {k: w.value for k, w in self.controls.items()}
+        r = self.runner(c["index"])
+        chosen = (r["dn_target_index"] >= 0) & ((r["groups"] == c["group"]) if c["group"] != "all" else True)
+        self.queries = torch.nonzero(chosen).flatten().tolist()
+        self.anchors, self.targets = r["dn_anchors"][self.queries], r["dn_target_boxes"][self.queries]  # (n, 4)
+        self.predictions = (r["dn_layer_boxes"][c["layer"]][self.queries] if len(self.queries)
+                            else torch.zeros(0, 4))  # (n, 4)
+        colours = [plots.PALETTE[g % len(plots.PALETTE)] for g in r["groups"][self.queries].tolist()]
+        ax_noise, ax_pred = self.figure.subplots(1, 2)
+        p, m = r["dn_groups"]
+        which = "all groups" if c["group"] == "all" else f"group {c['group']}"
+        plots.plot_anchor_arrows(ax_noise, r["image"], self.anchors, self.targets, colours, r["flipped"][self.queries],
+                                 title=f"{len(self.queries)} denoising queries ({which}; P={p}, M={m}):\n"
+                                       f"noised box -> object, × = label changed")
+        plots.plot_anchor_arrows(ax_pred, r["image"], self.anchors, self.predictions, colours, anchor_boxes=False,
+                                 target_boxes=False,
+                                 title=f"their predictions after layer {c['layer'] + 1} (arrow: anchor -> prediction)")
+        t = r["target"]
+        plots.draw_boxes(ax_pred, plots.boxes_to_pixels(t["boxes"], r["size"]), colours=["white"] * len(t["boxes"]),
+                         linewidth=1.5, text=False)
+        plots.draw_boxes(ax_pred, plots.boxes_to_pixels(self.predictions, r["image"].shape[-2:]), colours=colours,
+                         linewidth=1.2, text=False)
