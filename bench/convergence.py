@@ -73,7 +73,7 @@ def train_command(model: str, out: Path, budget: float, threads: int | None) -> 
 
 def read_curve(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [{k: r[k] for k in ("epoch", "train_time", "AP", "AP50", "AP75", "APs", "APm", "APl") if k in r}
+    return [{k: r[k] for k in ("epoch", "train_time", "AP", "AP50", "AP75", "APs", "APm", "APl", "IS") if k in r}
             for r in rows if "AP" in r]
 
 
