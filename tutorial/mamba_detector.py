@@ -65,7 +65,8 @@ class SS2DLayer(nn.Module):
         self.dropout1, self.dropout2 = nn.Dropout(enc.dropout), nn.Dropout(enc.dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, return_intermediates: bool = False):
-        out, info = self.mixer(x, mask, return_intermediates=True) if return_intermediates else (self.mixer(x, mask), None)
+        out, info = (self.mixer(x, mask, return_intermediates=True) if return_intermediates
+                     else (self.mixer(x, mask), None))  # (B, H, W, C)
         x = self.norm1(x + self.dropout1(out))  # (B, H, W, C)
         x = self.norm2(x + self.dropout2(self.ffn(x)))  # (B, H, W, C)
         return (x, info) if return_intermediates else x

@@ -47,10 +47,15 @@ def sequential_scan(a: Tensor, b: Tensor) -> Tensor:
     """h_t = a_t h_{t-1} + b_t with h_{-1} = 0, one step after another.
 
     a, b (..., L) -> h (..., L). The reference the parallel scans are tested against.
+
+    The steps are read with `unbind` rather than `a[..., t]`: autograd's backward of each index
+    writes its gradient into a zero tensor of the full (..., L) size, L of them, which makes the
+    backward O(L²) (28 s instead of 0.5 s for L = 1024 steps of 4096 channels on this CPU);
+    `unbind`'s backward stacks the L gradients once.
     """
     h, hs = torch.zeros_like(b[..., 0]), []
-    for t in range(b.shape[-1]):
-        h = a[..., t] * h + b[..., t]  # (...)
+    for a_t, b_t in zip(a.unbind(-1), b.unbind(-1)):
+        h = a_t * h + b_t  # (...)
         hs.append(h)
     return torch.stack(hs, dim=-1)  # (..., L)
 

@@ -694,3 +694,41 @@ class DenoisingView(View):
                          linewidth=1.5, text=False)
         plots.draw_boxes(ax_pred, plots.boxes_to_pixels(self.predictions, r["image"].shape[-2:]), colours=colours,
                          linewidth=1.2, text=False)
+
+
+class ScanDirectionsView(View):
+    """(Notebook 07) Which input pixels one output pixel of an SS2D layer depends on (VMamba's
+    cross-scan, seed "VMamba"): for each of the four scan orders, the pixels the scan has read when
+    it reaches pixel (y, x), its causal past; and the Jacobian |∂ out[y, x] / ∂ in| of the whole
+    layer (autograd, summed over input channels, through a fixed random read-out of the output
+    channels): nonzero everywhere, since the four directions together reach every pixel.
+
+    `mixer` maps (1, H, W, C) -> (1, H, W, C) (e.g. an `SS2D`); x (H, W, C) its input. Controls:
+    the pixel's "y" and "x". After `render()`, `jacobian` (H, W) holds what is drawn.
+    """
+
+    def __init__(self, mixer: nn.Module, x: Tensor, pixel: tuple[int, int] = (0, 0)):
+        super().__init__(figsize=(13, 3))
+        h, w, c = x.shape
+        self.mixer, self.x = mixer.eval(), x
+        self.readout = torch.randn(c, generator=torch.Generator().manual_seed(0), dtype=x.dtype)  # (C,)
+        self.controls = {"y": widgets.IntSlider(value=pixel[0], min=0, max=h - 1, description="pixel y",
+                                                continuous_update=False),
+                         "x": widgets.IntSlider(value=pixel[1], min=0, max=w - 1, description="pixel x",
+                                                continuous_update=False)}
+        self._watch()
+        self.render()
+
+    def jacobian_at(self, y: int, x: int) -> Tensor:
+        """|∂ (out[y, x] · r) / ∂ in| summed over input channels -> (H, W), r the fixed read-out."""
+        inp = self.x[None].clone().requires_grad_(True)  # (1, H, W, C)
+        out = self.mixer(inp)  # (1, H, W, C)
+        (grad,) = torch.autograd.grad(out[0, y, x] @ self.readout, inp)  # (1, H, W, C)
+        return grad[0].abs().sum(-1)  # (H, W)
+
+    def draw(self) -> None:
+        y, x = self.controls["y"].value, self.controls["x"].value
+        self.jacobian = self.jacobian_at(y, x)
+        plots.plot_scan_receptive_field(self.jacobian, (y, x), fig=self.figure)
+        self.figure.suptitle(f"output pixel ({y}, {x}): what each scan has read, and what the layer depends on",
+                             fontsize=9)
