@@ -37,8 +37,6 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from tutorial import kernels  # noqa: E402
-from tutorial.deformable_attention import ms_deform_attn_core  # noqa: E402
-from tutorial.selective_scan import selective_scan as scan_reference  # noqa: E402
 
 DEFORM = dict(batch=2, heads=8, channels=32, shapes=[(100, 150), (50, 75), (25, 38), (13, 19)], points=4)
 SCAN = dict(batch=2, channels=1536, state=16, lengths=[1024, 2048, 4096, 8192, 16384])

@@ -12,7 +12,6 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.patches import FancyArrowPatch  # noqa: E402
 
 from tutorial import plots  # noqa: E402
 from tutorial.parallel_scan import scan_combine, sequential_scan  # noqa: E402

@@ -39,6 +39,13 @@ class BackboneConfig:
     weights: str | None = None  # path to a local torchvision ResNet state dict
 
 
+def tiny_backbone(*return_layers: str) -> BackboneConfig:
+    """The tiny presets' backbone: a torchvision ResNet with one BasicBlock per stage up to layer3
+    (strides 4, 8, 16), trainable batch norm, every layer trained (from scratch)."""
+    return BackboneConfig(name="resnet18", depths=(1, 1, 1), return_layers=return_layers or ("layer3",), norm="bn",
+                          train_from="stem")
+
+
 def build_resnet(cfg: BackboneConfig) -> resnet.ResNet:
     """The torchvision ResNet of `cfg`, without its pooling and classification head."""
     norm_layer = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d}[cfg.norm]

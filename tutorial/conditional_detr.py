@@ -41,7 +41,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from .attention import PreProjectedAttention
-from .backbone import Backbone, BackboneConfig
+from .backbone import Backbone, BackboneConfig, tiny_backbone
 from .criterion import LossWeights
 from .deformable_detr import DeformableDETR
 from .deformable_transformer import inverse_sigmoid
@@ -341,8 +341,7 @@ def conditional_detr_tiny() -> ConditionalDETRConfig:
     return ConditionalDETRConfig(
         num_classes=6,
         num_queries=25,
-        backbone=BackboneConfig(name="resnet18", depths=(1, 1, 1), return_layers=("layer3",), norm="bn",
-                                train_from="stem"),
+        backbone=tiny_backbone("layer3"),
         transformer=TransformerConfig(d_model=128, num_heads=8, num_encoder_layers=3, num_decoder_layers=3,
                                       dim_feedforward=512, dropout=0.0),
     )

@@ -37,7 +37,7 @@ import torch
 from einops import repeat
 from torch import Tensor, nn
 
-from .backbone import BackboneConfig
+from .backbone import tiny_backbone
 from .conditional_detr import (ConditionalDecoder, ConditionalDETR, ConditionalDETRConfig, Decoded, Encoded,
                                Encoder)
 from .criterion import LossWeights
@@ -176,8 +176,7 @@ def dab_detr_tiny() -> DABDETRConfig:
     return DABDETRConfig(
         num_classes=6,
         num_queries=25,
-        backbone=BackboneConfig(name="resnet18", depths=(1, 1, 1), return_layers=("layer3",), norm="bn",
-                                train_from="stem"),
+        backbone=tiny_backbone("layer3"),
         transformer=TransformerConfig(d_model=128, num_heads=8, num_encoder_layers=3, num_decoder_layers=3,
                                       dim_feedforward=512, dropout=0.0),
     )

@@ -26,8 +26,8 @@ from einops import rearrange
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
-from .backbone import Backbone, BackboneConfig
-from .criterion import LossWeights, SetCriterion, box_losses, matched_pairs, num_boxes_across_processes
+from .backbone import Backbone, BackboneConfig, tiny_backbone
+from .criterion import LossWeights, SetCriterion, matched_pairs, num_boxes_across_processes
 from .deformable_transformer import (DeformableDecoder, DeformableEncoder, DeformableTransformerConfig,
                                      encoder_proposals, inverse_sigmoid, proposal_position_encoding, valid_ratios)
 from .matcher import HungarianMatcher, MatcherWeights
@@ -275,8 +275,7 @@ def deformable_detr_tiny() -> DeformableDETRConfig:
     return DeformableDETRConfig(
         num_classes=6,
         num_queries=25,
-        backbone=BackboneConfig(name="resnet18", depths=(1, 1, 1), return_layers=("layer2", "layer3"), norm="bn",
-                                train_from="stem"),
+        backbone=tiny_backbone("layer2", "layer3"),
         transformer=DeformableTransformerConfig(d_model=128, num_heads=8, num_encoder_layers=3,
                                                 num_decoder_layers=3, dim_feedforward=512, dropout=0.0),
         with_box_refine=True,

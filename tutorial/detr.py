@@ -22,7 +22,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
-from .backbone import Backbone, BackboneConfig
+from .backbone import Backbone, BackboneConfig, tiny_backbone
 from .criterion import LossWeights, SetCriterion
 from .matcher import HungarianMatcher, MatcherWeights
 from .mlp import MLP
@@ -135,8 +135,7 @@ def detr_tiny() -> DETRConfig:
     return DETRConfig(
         num_classes=6,
         num_queries=25,
-        backbone=BackboneConfig(name="resnet18", depths=(1, 1, 1), return_layers=("layer3",), norm="bn",
-                                train_from="stem"),
+        backbone=tiny_backbone("layer3"),
         transformer=TransformerConfig(d_model=128, num_heads=8, num_encoder_layers=3, num_decoder_layers=3,
                                       dim_feedforward=512, dropout=0.0),
     )

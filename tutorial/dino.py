@@ -59,7 +59,7 @@ from einops import repeat
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
-from .backbone import Backbone, BackboneConfig
+from .backbone import Backbone, BackboneConfig, tiny_backbone
 from .criterion import LossWeights, box_losses, num_boxes_across_processes
 from .deformable_attention import MSDeformAttn
 from .deformable_detr import (DeformableDETR, MultiScaleProjection, focal_class_loss, focal_matching_cost)
@@ -359,8 +359,7 @@ def dino_tiny() -> DINOConfig:
     return DINOConfig(
         num_classes=6,
         num_queries=25,
-        backbone=BackboneConfig(name="resnet18", depths=(1, 1, 1), return_layers=("layer2", "layer3"), norm="bn",
-                                train_from="stem"),
+        backbone=tiny_backbone("layer2", "layer3"),
         transformer=DeformableTransformerConfig(d_model=128, num_heads=8, num_encoder_layers=3,
                                                 num_decoder_layers=3, dim_feedforward=512, dropout=0.0),
         dn_number=25,
