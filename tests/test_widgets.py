@@ -408,3 +408,145 @@ def test_dn_attention_mask_figure_and_curves(tmp_path):
     assert [tuple(line.get_xydata()[:, 1]) for line in ax_ap.lines] == [(0.1, 0.2), (0.1, 0.4)]
     assert len(ax_is.lines) == 1 and tuple(ax_is.lines[0].get_xydata()[0]) == (2, 7)  # IS^i at epoch i = 2
     assert "a" in ax_is.texts[0].get_text()  # a run without IS is named, not drawn
+
+
+# --- RT-DETR (notebook 06): query selection and decoder depth, NMS, contrastive denoising ---------
+
+from matplotlib.colors import to_rgba  # noqa: E402
+from torchvision.ops import nms  # noqa: E402
+
+from tutorial.widgets import NMSView, QuerySelectionView, denoising_queries  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def rtdetr_model():
+    torch.manual_seed(0)
+    return tutorial.build_model("rtdetr_tiny", num_queries=12).eval()
+
+
+def rectangles(ax):
+    return [p for p in ax.patches if isinstance(p, Rectangle)]
+
+
+def test_query_selection_view_draws_the_predictions_of_the_chosen_depth(rtdetr_model, val_set):
+    view = QuerySelectionView(rtdetr_model, val_set, index=3, tokens=5, threshold=0.0)  # every query shown
+    before = view.shown_boxes.clone()
+    view.controls["layers"].value = 1
+    image, target = val_set[3]
+    with torch.no_grad():  # the model itself, cut after one decoder layer
+        out = rtdetr_model(image[None], torch.zeros(1, *image.shape[-2:], dtype=torch.bool), num_decoder_layers=1)
+    scores = out["pred_logits"][0].sigmoid().max(-1).values  # (Q,)
+    order = scores.argsort(descending=True)
+    expected = plots.boxes_to_pixels(out["pred_boxes"][0][order], target["size"])  # (Q, 4) xyxy
+    assert view.shown == order.tolist()
+    torch.testing.assert_close(view.shown_scores, scores[order])
+    torch.testing.assert_close(view.shown_boxes, expected)
+    assert not torch.allclose(before, view.shown_boxes)  # a different depth, different boxes
+    drawn = torch.tensor([[r.get_x(), r.get_y(), r.get_x() + r.get_width(), r.get_y() + r.get_height()]
+                          for r in rectangles(view.figure.axes[1])])
+    torch.testing.assert_close(drawn, expected, atol=1e-3, rtol=0)
+
+
+def test_query_selection_view_outlines_the_chosen_number_of_selected_tokens(rtdetr_model, val_set):
+    view = QuerySelectionView(rtdetr_model, val_set, index=2, tokens=5)
+    view.controls["tokens"].value = 3
+    image, _ = val_set[2]
+    with torch.no_grad():
+        out = rtdetr_model(image[None], torch.zeros(1, *image.shape[-2:], dtype=torch.bool), return_intermediates=True)
+    h, w = image.shape[-2:]
+    cells = rectangles(view.figure.axes[0])[:3]  # the 3 cells, then the 3 boxes
+    assert len(rectangles(view.figure.axes[0])) == 6
+    for rect, index in zip(cells, out["selected_indices"][0, :3].tolist()):
+        for lvl, (h_l, w_l) in enumerate(out["spatial_shapes"]):  # find the token's level by counting
+            if index < h_l * w_l:
+                break
+            index -= h_l * w_l
+        y, x = divmod(index, w_l)
+        assert rect.get_xy() == pytest.approx((x * w / w_l, y * h / h_l), abs=1e-3)
+        assert rect.get_edgecolor() == to_rgba(plots.LEVEL_COLOURS[lvl])
+
+
+def per_class_nms(boxes, scores, labels, iou_threshold):
+    """torchvision's `nms` class by class, the survivors sorted by score."""
+    keep = torch.cat([idx[nms(boxes[idx], scores[idx], iou_threshold)]
+                      for idx in (torch.nonzero(labels == c).flatten() for c in labels.unique())] or
+                     [torch.zeros(0, dtype=torch.int64)])
+    return keep[scores[keep].argsort(descending=True)]
+
+
+def test_nms_view_keeps_what_nms_keeps_at_the_chosen_thresholds(val_set):
+    torch.manual_seed(0)
+    dense = tutorial.build_model("dense_tiny", neck={"hidden_dim": 32}, head_convs=1).eval()
+    dense.cfg.num_detections = 10_000  # no cap after NMS: every survivor is compared
+    torch.nn.init.constant_(dense.box_pred.bias, 2.0)  # boxes of ~4 strides: neighbours overlap, NMS has work
+    view = NMSView(dense, val_set, index=1, repeats=1)
+    image, target = val_set[1]
+    with torch.no_grad():
+        out = dense(image[None], torch.zeros(1, *image.shape[-2:], dtype=torch.bool))
+    kept = []
+    for iou, score in ((0.5, 0.001), (0.9, 0.001), (0.9, 0.01)):
+        view.controls["iou"].value = iou
+        view.controls["score"].value = score
+        flat = out["pred_logits"][0].sigmoid().flatten()  # (N·K,) every (location, class) pair
+        idx = torch.nonzero(flat > score).flatten()
+        idx = idx[flat[idx].argsort(descending=True)][:dense.cfg.pre_nms_top_k]
+        assert len(view.candidates["scores"]) == len(idx)
+        h, w = target["size"].tolist()
+        k = out["pred_logits"].shape[-1]  # pair index = location · K + class
+        boxes = plots.boxes_to_pixels(out["pred_boxes"][0][idx // k], (h, w))  # (n, 4) xyxy
+        keep = per_class_nms(boxes, flat[idx], idx % k, iou)[:dense.cfg.num_detections]
+        torch.testing.assert_close(view.kept["scores"], flat[idx][keep])  # the same scores, best first
+        got = torch.cat([view.kept["scores"][:, None], view.kept["boxes"]], 1).numpy()  # (n, 5)
+        want = torch.cat([flat[idx][keep][:, None], boxes[keep]], 1).numpy()
+        rows = lambda a: a[np.lexsort(np.round(a, 3).T[::-1])]  # noqa: E731 (equal scores: any order)
+        np.testing.assert_allclose(rows(got), rows(want), atol=1e-3)
+        assert f"{len(keep)} kept by NMS at IoU {iou:.2f}" in view.figure.axes[1].get_title()
+        assert view.nms_ms > 0
+        kept.append(len(keep))
+    assert kept[0] < kept[1]  # a higher IoU threshold suppresses less
+
+
+def test_denoising_queries_are_the_models_and_change_nothing(val_set):
+    torch.manual_seed(0)
+    dino = tutorial.build_model("dino_tiny", num_queries=10).eval()
+    bn = [m for m in dino.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    running_mean = bn.running_mean.clone()
+    index = images_with_objects(val_set, 1)[0]
+    image, target = val_set[index]
+    rng = torch.get_rng_state()
+    dn = denoising_queries(dino, image, target, seed=3)
+    assert not dino.training and torch.equal(bn.running_mean, running_mean) and torch.equal(torch.get_rng_state(), rng)
+
+    dino.train()  # the model itself, in training mode (batch norm as at inference), with the same seed
+    bn_layers = [m for m in dino.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bn_layers:
+        m.eval()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        out = dino(image[None], torch.zeros(1, *image.shape[-2:], dtype=torch.bool), targets=[target],
+                   return_intermediates=True)
+    dino.eval()
+    torch.testing.assert_close(dn["anchors"], out["dn_anchors"][0])
+    p, m = out["dn_groups"]
+    n = len(target["labels"])
+    assert dn["groups"] == (p, m) and m == 2 * n  # each group: n positives, then n negatives
+    assert dn["negative"].view(p, 2, n)[:, 1].all() and not dn["negative"].view(p, 2, n)[:, 0].any()
+    positives = ~dn["negative"]  # every corner of a positive moves by less than λ · side / 2
+    corners = lambda b: torch.cat([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], -1)  # noqa: E731
+    half = torch.cat([dn["target_boxes"][positives, 2:]] * 2, -1) / 2
+    moved = (corners(dn["anchors"][positives]) - corners(dn["target_boxes"][positives])).abs()
+    assert (moved <= dino.cfg.dn_box_noise_scale * half + 1e-6).all()
+
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot()
+    plots.plot_contrastive_denoising(ax, image, dn, group=1)
+    arrows = ax.texts  # one per slot of group 1, from the noised anchor to its object
+    assert len(arrows) == m
+    h, w = image.shape[-2:]
+    for k, arrow in enumerate(arrows):
+        anchor, obj = dn["anchors"][m + k], dn["target_boxes"][m + k]
+        assert arrow.xyann == pytest.approx((anchor[0].item() * w, anchor[1].item() * h), abs=1e-3)
+        assert arrow.xy == pytest.approx((obj[0].item() * w, obj[1].item() * h), abs=1e-3)
+        colour = "tab:red" if dn["negative"][m + k] else "tab:green"
+        assert to_rgba(arrow.arrow_patch.get_edgecolor()) == to_rgba(colour)

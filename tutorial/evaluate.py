@@ -35,12 +35,18 @@ def predict(model: nn.Module, dataset: DetectionDataset, batch_size: int = 16, w
         sizes = torch.stack([t["orig_size"] for t in targets]).to(device)  # (B, 2)
         for t, det in zip(targets, model.postprocess(outputs, sizes, **(postprocess_kwargs or {}))):
             image_ids.append(int(t["image_id"]))
-            boxes = det["boxes"].cpu()  # (Q, 4) xyxy
-            boxes[:, 2:] -= boxes[:, :2]  # (Q, 4) xywh
-            for box, score, label in zip(boxes.tolist(), det["scores"].tolist(), det["labels"].tolist()):
-                results.append({"image_id": int(t["image_id"]), "category_id": int(label),
-                                "bbox": [round(v, 3) for v in box], "score": round(score, 5)})
+            results += coco_detections(int(t["image_id"]), det)
     return results, image_ids
+
+
+def coco_detections(image_id: int, det: dict) -> list[dict]:
+    """One image's post-processed detections {"boxes" (D, 4) xyxy pixels, "scores" (D,), "labels"
+    (D,)} -> COCO results [{"image_id", "category_id", "bbox" [x, y, w, h], "score"}]."""
+    boxes = det["boxes"].detach().cpu().clone()  # (D, 4) xyxy
+    boxes[:, 2:] -= boxes[:, :2]  # (D, 4) xywh
+    return [{"image_id": image_id, "category_id": int(label), "bbox": [round(v, 3) for v in box],
+             "score": round(score, 5)}
+            for box, score, label in zip(boxes.tolist(), det["scores"].tolist(), det["labels"].tolist())]
 
 
 def coco_metrics(coco_gt, results: list[dict], image_ids: list[int] | None = None) -> dict[str, float]:

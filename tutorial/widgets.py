@@ -1,6 +1,7 @@
 """Interactive views for the notebooks (ipywidgets): the data set, the Hungarian matching,
 DETR's encoder and decoder attention, Deformable DETR's sampling points, the positional
-attention maps of DETR, Conditional DETR and DAB-DETR's queries, and DN-DETR's denoising queries.
+attention maps of DETR, Conditional DETR and DAB-DETR's queries, DN-DETR's denoising queries, and
+RT-DETR's query selection and decoder depth and the dense detector's NMS.
 
 Each view is a small class that owns
 - `figure`: one `matplotlib.figure.Figure`, cleared and redrawn by `render()`;
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 
 from . import plots
 from .conditional_detr import ConditionalDETR, positional_attention
+from .dense_detector import time_nms
 from .matcher import MatcherWeights, hungarian_match, matching_cost
 
 
@@ -645,6 +647,159 @@ class PositionalAttentionView(View):
                                 title=f"full cross-attention (content + position)\npredicted "
                                       f"{plots.class_name(r['labels'][q])} {r['scores'][q]:.2f} (cyan)")
         plots.draw_boxes(ax_attn, r["boxes"][q:q + 1], colours=["cyan"], text=False)
+
+
+# --- RT-DETR (notebook 06): query selection, decoder depth, NMS, contrastive denoising ----------
+
+
+class RTDETRRunner(ModelRunner):
+    """`ModelRunner` for RT-DETR (and DINO): `runner(index)` returns {"image", "target", "size",
+    "layer_scores", "layer_labels" (L_dec, Q) each query's best sigmoid class after each decoder
+    layer, "layer_boxes" (L_dec, Q, 4) xyxy pixels, "selected_indices" (Q,) the encoder tokens query
+    selection picked (best first), "selected_levels" (Q,), "selected_cells" (Q, 2) (y, x),
+    "selected_scores" (Q,) their σ(max logit), "selected_boxes" (Q, 4) xyxy pixels (their boxes: the
+    decoder's initial anchors), "token_scores" (N,) σ(max logit) of every encoder token,
+    "spatial_shapes", "strides"}, from one `model(..., return_intermediates=True)` with every
+    decoder layer run. Layer k's row is what the model returns with `num_decoder_layers=k + 1`
+    (each layer has its own heads and sees only the layers before it)."""
+
+    def compute(self, image: Tensor, mask: Tensor, target: dict) -> dict:
+        num_layers = len(self.model.decoder.layers)
+        out = self.model(image[None], mask, return_intermediates=True, num_decoder_layers=num_layers)
+        logits = torch.stack([a["pred_logits"][0] for a in out.get("aux_outputs", [])]
+                             + [out["pred_logits"][0]])  # (L_dec, Q, K)
+        scores, labels = logits.sigmoid().max(-1)  # (L_dec, Q) each
+        size = target["size"]
+        interm = out["interm_outputs"]
+        return {"layer_scores": scores, "layer_labels": labels,
+                "layer_boxes": torch.stack([plots.boxes_to_pixels(b[0], size) for b in out["layer_boxes"]]),
+                "selected_indices": out["selected_indices"][0], "selected_levels": out["selected_levels"][0],
+                "selected_cells": out["selected_cells"][0],  # (Q,), (Q,), (Q, 2)
+                "selected_scores": interm["pred_logits"][0].sigmoid().max(-1).values,  # (Q,)
+                "selected_boxes": plots.boxes_to_pixels(interm["pred_boxes"][0], size),  # (Q, 4)
+                "token_scores": out["encoder_logits"][0].sigmoid().max(-1).values,  # (N,)
+                "spatial_shapes": [tuple(s) for s in out["spatial_shapes"]],
+                "strides": level_strides(self.model, len(out["spatial_shapes"]))}
+
+
+class DenseRunner(ModelRunner):
+    """`ModelRunner` for the dense NMS baseline: `runner(index)` returns {"image", "target", "size",
+    "outputs" (the model's output dict at batch 1, for `postprocess` / `candidates` / `time_nms`),
+    "sizes" (1, 2)}."""
+
+    def compute(self, image: Tensor, mask: Tensor, target: dict) -> dict:
+        return {"outputs": self.model(image[None], mask), "sizes": target["size"][None]}
+
+
+@torch.no_grad()
+def denoising_queries(model: nn.Module, image: Tensor, target: dict, seed: int = 0) -> dict:
+    """The contrastive denoising queries DINO (or RT-DETR) builds for one image, and what its decoder
+    makes of them. Runs `model` in `denoising_mode` (only in training mode does it build denoising
+    groups from the targets) with the noise from `torch.manual_seed(seed)` (the global generator is
+    left as it was). Returns {"anchors" (P·M, 4) the noised boxes cxcywh,
+    "labels" (P·M,) the noised classes, "true_labels" (P·M,) the objects' classes (K on padding),
+    "negative" (P·M,) bool, "target_index" (P·M,) (-1 on padding), "target_boxes" (P·M, 4),
+    "groups" (P, M), "pred_scores" (P·M,) the last layer's σ(logit) for the object's true class,
+    "pred_boxes" (P·M, 4) cxcywh the last layer's boxes, "box_noise_scale" λ}."""
+    with torch.random.fork_rng(), denoising_mode(model):
+        torch.manual_seed(seed)
+        mask = torch.zeros(1, *image.shape[-2:], dtype=torch.bool)
+        out = model(image[None], mask, targets=[target], return_intermediates=True)
+    if "dn_anchors" not in out:
+        raise ValueError("denoising_queries: the model built no denoising queries (an image without objects, "
+                         "or cfg.dn_number = 0)")
+    index = out["dn_target_index"][0]  # (P·M,)
+    num_classes = out["pred_logits"].shape[-1]
+    true = torch.where(index >= 0, target["labels"][index.clamp(min=0)], num_classes)  # (P·M,)
+    logits = out["dn_outputs"]["pred_logits"][-1, 0]  # (P·M, K) the last layer
+    pred_scores = logits.sigmoid().gather(1, true.clamp(max=num_classes - 1)[:, None])[:, 0]  # (P·M,)
+    return {"anchors": out["dn_anchors"][0], "labels": out["dn_labels"][0], "true_labels": true,
+            "negative": out["dn_negative"][0], "target_index": index, "target_boxes": out["dn_target_boxes"][0],
+            "groups": out["dn_groups"], "pred_scores": pred_scores,
+            "pred_boxes": out["dn_outputs"]["pred_boxes"][-1, 0], "box_noise_scale": model.cfg.dn_box_noise_scale}
+
+
+class QuerySelectionView(View):
+    """(Notebook 06) RT-DETR on one image: which encoder tokens query selection picks, and what the
+    decoder makes of them after its first k layers (RT-DETR Sec. 4.3 and 4.4, the seed's Dec^k rows).
+    Left: the `tokens` best selected tokens, each one's cell outlined in its level's colour and its
+    box (the decoder's initial anchor) dashed; right: the predictions after `layers` decoder layers,
+    those with score >= `threshold`, or the `fallback` best when none is. After `render()`, `shown`
+    (the queries drawn on the right, best first), `shown_boxes` (n, 4) xyxy pixels and `shown_scores`
+    hold what is drawn."""
+
+    def __init__(self, model: nn.Module, dataset, index: int = 0, layers: int | None = None, tokens: int = 10,
+                 threshold: float = 0.5, fallback: int = 5, runner: RTDETRRunner | None = None):
+        super().__init__(figsize=(9, 4.6))
+        self.runner = runner or RTDETRRunner(model, dataset)
+        self.threshold, self.fallback = threshold, fallback
+        num_layers = len(self.runner.model.decoder.layers)
+        num_queries = self.runner.model.cfg.num_queries
+        self.controls = {"index": image_slider(len(self.runner.dataset), index),
+                         "layers": widgets.Dropdown(options=[(f"{k} decoder layer{'s' * (k > 1)}", k)
+                                                             for k in range(1, num_layers + 1)],
+                                                    value=layers or num_layers, description="decoder"),
+                         "tokens": widgets.IntSlider(value=min(tokens, num_queries), min=1, max=num_queries,
+                                                     description="tokens", continuous_update=False)}
+        self._watch()
+        self.render()
+
+    def draw(self) -> None:
+        c = {k: w.value for k, w in self.controls.items()}
+        r = self.runner(c["index"])
+        n, k = c["tokens"], c["layers"]
+        ax_tokens, ax_pred = self.figure.subplots(1, 2)
+        levels = r["selected_levels"][:n]
+        counts = ", ".join(f"{int((levels == lvl).sum())} on S{lvl + 3}" for lvl in range(len(r["spatial_shapes"])))
+        plots.show_image(ax_tokens, r["image"], r["size"], f"the {n} best selected tokens: {counts}")
+        plots.draw_selected_tokens(ax_tokens, levels, r["selected_cells"][:n], r["spatial_shapes"],
+                                   r["image"].shape[-2:], linewidth=2)
+        colours = [plots.LEVEL_COLOURS[lvl] for lvl in levels.tolist()]
+        plots.draw_boxes(ax_tokens, r["selected_boxes"][:n], colours=colours, linestyle="--", linewidth=0.8,
+                         text=False)
+        scores = r["layer_scores"][k - 1]  # (Q,)
+        self.shown, confident = confident_queries(scores, self.threshold, self.fallback)
+        self.shown_boxes, self.shown_scores = r["layer_boxes"][k - 1][self.shown], scores[self.shown]
+        which = (f"{len(self.shown)} with score ≥ {self.threshold}" if confident
+                 else f"none ≥ {self.threshold}: the {len(self.shown)} best")
+        plots.plot_detections(ax_pred, r["image"], self.shown_boxes, r["layer_labels"][k - 1][self.shown],
+                              self.shown_scores, size=r["size"], title=f"after {k} decoder layer(s): {which}")
+
+
+NMS_SCORE_THRESHOLDS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5)
+
+
+class NMSView(View):
+    """(Notebook 06) The dense detector's post-processing on one image (seed, "Glance at YOLOs" and
+    its NMS table): choose the IoU threshold and the confidence threshold; left, the candidates
+    above the confidence threshold; right, what NMS keeps; the title gives their numbers and the
+    NMS time measured on this image (`time_nms`, median of `repeats`). After `render()`,
+    `candidates` and `kept` hold the drawn detections and `nms_ms` the time."""
+
+    def __init__(self, model: nn.Module, dataset, index: int = 0, iou_threshold: float = 0.7,
+                 score_threshold: float = 0.001, repeats: int = 5, runner: DenseRunner | None = None):
+        super().__init__(figsize=(9, 4.6))
+        self.runner = runner or DenseRunner(model, dataset)
+        self.repeats = repeats
+        self.controls = {"index": image_slider(len(self.runner.dataset), index),
+                         "iou": widgets.FloatSlider(value=iou_threshold, min=0.3, max=0.95, step=0.05,
+                                                    description="IoU thr.", continuous_update=False),
+                         "score": widgets.SelectionSlider(options=NMS_SCORE_THRESHOLDS, value=score_threshold,
+                                                          description="conf thr.", continuous_update=False)}
+        self._watch()
+        self.render()
+
+    def draw(self) -> None:
+        c = {k: w.value for k, w in self.controls.items()}
+        r = self.runner(c["index"])
+        model, out, sizes = self.runner.model, r["outputs"], r["sizes"]
+        self.candidates = model.candidates(out, sizes, c["score"])[0]
+        self.kept = model.postprocess(out, sizes, c["iou"], c["score"])[0]
+        self.nms_ms = 1e3 * time_nms(model, out, sizes, c["iou"], c["score"], repeats=self.repeats)
+        plots.plot_nms_step(r["image"], self.candidates, self.kept, r["size"], fig=self.figure,
+                            titles=(f"{len(self.candidates['scores'])} candidates with score > {c['score']:g}",
+                                    f"{len(self.kept['scores'])} kept by NMS at IoU {c['iou']:.2f} "
+                                    f"({self.nms_ms:.2f} ms)"))
 
 
 class DenoisingView(View):

@@ -1,0 +1,125 @@
+"""Smoke tests of the benchmarks' core functions on tiny inputs (no full val run, no subprocess):
+bench/latency.py (timing, the NMS table, the decoder-depth table) and bench/encoder_cost.py
+(FLOPs by part against closed-form counts, the analytic grid_sample term)."""
+from __future__ import annotations
+
+import torch
+from torchvision.ops import nms
+
+import tutorial
+from bench.common import time_runs
+from bench.encoder_cost import DeformableEncoderPath, count_flops
+from bench.latency import depth_rows, dense_outputs, latency_functions, nms_rows, nms_settings, setting_name
+from tutorial.dataset import DetectionDataset
+from tutorial.deformable_transformer import DeformableTransformerConfig
+from tutorial.evaluate import evaluate
+from tutorial.hybrid_encoder import HybridEncoder, HybridEncoderConfig
+
+torch.set_num_threads(1)
+
+
+def test_time_runs_runs_round_robin_and_excludes_warmup():
+    calls = []
+    stats = time_runs({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=2, repeats=5)
+    assert calls == ["a", "b"] * 7  # interleaved: run i of every setting, then run i + 1
+    for s in stats.values():
+        assert s["runs"] == 5 and s["p25_ms"] <= s["median_ms"] <= s["p75_ms"]
+        assert abs(s["iqr_ms"] - (s["p75_ms"] - s["p25_ms"])) <= 2e-3  # each rounded to 1 µs
+
+
+def test_nms_settings_hold_both_sweeps_once():
+    settings = nms_settings((0.5, 0.7), (0.001, 0.05))
+    assert settings == [(0.5, 0.001), (0.7, 0.001), (0.7, 0.05)]  # (0.7, 0.001) is in both sweeps
+
+
+def small_dense():
+    torch.manual_seed(0)
+    return tutorial.build_model("dense_tiny", neck={"hidden_dim": 32}, head_convs=1).eval()
+
+
+def test_nms_rows_match_evaluate_and_count_what_enters_nms(small_shapes):
+    model = small_dense()
+    val = DetectionDataset(small_shapes, "val", num_classes=6)
+    subset = torch.utils.data.Subset(val, range(6))
+    cached = dense_outputs(model, subset, batch_size=4)
+    settings = [(0.5, 0.001), (0.7, 0.05)]
+    rows = nms_rows(model, cached, val.coco, settings, nms_repeats=2)
+    assert [(r["iou_threshold"], r["score_threshold"]) for r in rows] == settings
+    for row, (iou, score) in zip(rows, settings):  # the cached outputs give what a fresh evaluation gives
+        expected = evaluate(model, subset, batch_size=4, progress=False,
+                            postprocess_kwargs={"iou_threshold": iou, "score_threshold": score})
+        assert row["AP"] == expected["AP"] and row["AP50"] == expected["AP50"]
+        assert row["nms_ms"] > 0
+    # the candidates: every (location, class) pair above the threshold, at most pre_nms_top_k, per image
+    counts = []
+    for outputs, _, _ in cached:
+        scores = outputs["pred_logits"].sigmoid() * outputs["valid"][..., None]  # (B, N, K)
+        counts += (scores > 0.05).flatten(1).sum(1).clamp(max=model.cfg.pre_nms_top_k).tolist()
+    assert rows[1]["candidates_per_image"] == round(sum(counts) / len(counts), 1)
+
+
+def test_latency_functions_run_every_setting(small_shapes):
+    model = small_dense()
+    image = torch.randn(1, 3, 64, 64)
+    mask, sizes = torch.zeros(1, 64, 64, dtype=torch.bool), torch.tensor([[64, 64]])
+    fns = latency_functions("dense", model, image, mask, sizes, [(0.5, 0.01)])
+    assert list(fns) == ["forward only", setting_name(0.5, 0.01)]
+    with torch.no_grad():
+        det = fns[setting_name(0.5, 0.01)]()[0]
+        cand = model.candidates(model(image, mask), sizes, 0.01)[0]
+    keep = torch.cat([idx[nms(cand["boxes"][idx], cand["scores"][idx], 0.5)]  # per-class NMS, torchvision's
+                      for idx in (torch.nonzero(cand["labels"] == c).flatten() for c in cand["labels"].unique())])
+    expected = cand["scores"][keep].sort(descending=True).values[:model.cfg.num_detections]
+    torch.testing.assert_close(det["scores"], expected)
+
+    torch.manual_seed(0)
+    rtdetr = tutorial.build_model("rtdetr_tiny", num_queries=10).eval()
+    fns = latency_functions("rtdetr", rtdetr, image, mask, sizes)
+    assert list(fns) == ["1 layers", "2 layers", "3 layers"]
+    with torch.no_grad():
+        torch.testing.assert_close(fns["2 layers"]()[0]["scores"],
+                                   rtdetr.postprocess(rtdetr(image, mask, num_decoder_layers=2), sizes)[0]["scores"])
+
+
+def test_depth_rows_evaluate_each_depth_and_restore_the_config(small_shapes):
+    torch.manual_seed(0)
+    model = tutorial.build_model("rtdetr_tiny", num_queries=10).eval()
+    val = DetectionDataset(small_shapes, "val", num_classes=6)
+    subset = torch.utils.data.Subset(val, range(4))
+    rows = depth_rows(model, subset, batch_size=4)
+    assert [r["decoder_layers"] for r in rows] == [1, 2, 3]
+    assert model.cfg.num_decoder_layers_eval is None
+    model.cfg.num_decoder_layers_eval = 2  # the same as running 2 layers directly
+    assert evaluate(model, subset, batch_size=4, progress=False)["AP"] == rows[1]["AP"]
+
+
+def test_hybrid_encoder_flops_by_part_match_closed_forms():
+    c, ffn, n5 = 16, 32, 3 * 3
+    cfg = HybridEncoderConfig(hidden_dim=c, num_heads=2, dim_feedforward=ffn, expansion=0.5, depth_mult=1 / 3)
+    channels, sizes = [8, 12, 24], [12, 6, 3]
+    encoder = HybridEncoder(cfg, channels).eval()
+    feats = [torch.randn(1, ch, s, s) for ch, s in zip(channels, sizes)]
+    flops = count_flops(encoder, feats)
+    assert flops["input_proj"] == sum(2 * ch * c * s * s for ch, s in zip(channels, sizes))  # 1x1 convs
+    # AIFI on S5: q, k, v, out projections, q·kᵀ and A·v, the FFN; 2 FLOPs per multiply-add
+    assert flops["aifi"] == 2 * (4 * n5 * c * c + 2 * n5 * n5 * c + 2 * n5 * c * ffn)
+    assert flops["ccfm"] > 0 and flops["total"] == flops["input_proj"] + flops["aifi"] + flops["ccfm"]
+
+
+def test_deformable_encoder_flops_add_the_analytic_sampling_term():
+    tc = DeformableTransformerConfig(d_model=32, num_heads=4, num_encoder_layers=2, dim_feedforward=64, dropout=0.0,
+                                     num_levels=4, enc_points=3)
+    channels, sizes = [8, 12, 24], [16, 8, 4]
+    path = DeformableEncoderPath(tc, channels).eval()
+    feats = [torch.randn(1, ch, s, s) for ch, s in zip(channels, sizes)]
+    flops = count_flops(path, feats)
+    n = 16 * 16 + 8 * 8 + 4 * 4 + 2 * 2  # 3 levels + the extra stride-2 level (4x4 -> 2x2)
+    assert flops["sampling_flops_analytic"] == 2 * 10 * n * 32 * 4 * 3  # layers · 10·N·C·L·P
+    assert flops["total"] == flops["counted"] + flops["sampling_flops_analytic"]
+    # per layer: value_proj and output_proj (C -> C), sampling_offsets (C -> M·L·P·2),
+    # attention_weights (C -> M·L·P)
+    per_layer = 2 * n * 32 * (32 + 32 + 4 * 4 * 3 * 2 + 4 * 4 * 3)
+    assert flops["attention"] == 2 * per_layer
+    assert flops["ffn"] == 2 * 2 * (2 * n * 32 * 64)
+    with torch.no_grad():
+        assert path(feats).shape == (1, n, 32)
