@@ -11,6 +11,8 @@ from tutorial.attention import PreProjectedAttention
 from tutorial.conditional_detr import ConditionalDecoderLayer, concat_heads, positional_attention
 from tutorial.transformer import TransformerConfig
 
+from .tiny import padded_batch, small_model
+
 torch.set_num_threads(1)
 
 
@@ -26,22 +28,16 @@ def test_conditional_detr_r50_parameter_count_equals_official():
     assert layers[0].ca_qpos_proj is not None and all(layer.ca_qpos_proj is None for layer in layers[1:])
 
 
+SMALL = {"transformer": {"d_model": 32, "num_encoder_layers": 1, "num_decoder_layers": 2, "dim_feedforward": 64},
+         "num_queries": 6}
+
+
 def small(**overrides):
-    torch.manual_seed(0)
-    base = {"transformer": {"d_model": 32, "num_encoder_layers": 1, "num_decoder_layers": 2, "dim_feedforward": 64},
-            "num_queries": 6}
-    base.update(overrides)
-    return tutorial.build_model("conditional_detr_tiny", **base)
+    return small_model("conditional_detr_tiny", SMALL, **overrides)
 
 
 def inputs():
-    images = torch.randn(2, 3, 64, 80)
-    mask = torch.zeros(2, 64, 80, dtype=torch.bool)
-    mask[1, 48:, :] = True
-    mask[1, :, 64:] = True
-    targets = [{"labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.3], [0.7, 0.6, 0.4, 0.2]])},
-               {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}]
-    return images, mask, targets
+    return padded_batch((64, 80), (48, 64), second_empty=True)
 
 
 def test_tiny_trains_a_step():

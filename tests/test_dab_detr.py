@@ -11,6 +11,8 @@ from tutorial.dab_detr import modulate_hw
 from tutorial.exercises import BY_NAME, implementation
 from tutorial.position_encoding import anchor_position_encoding, sine_position_encoding
 
+from .tiny import padded_batch, small_model
+
 torch.set_num_threads(1)
 
 
@@ -28,21 +30,16 @@ def test_dab_detr_r50_parameter_count_equals_official():
     assert model.position_encoding.temperature == 20
 
 
+SMALL = {"transformer": {"d_model": 32, "num_encoder_layers": 1, "num_decoder_layers": 3, "dim_feedforward": 64},
+         "num_queries": 6}
+
+
 def small(**overrides):
-    torch.manual_seed(0)
-    base = {"transformer": {"d_model": 32, "num_encoder_layers": 1, "num_decoder_layers": 3, "dim_feedforward": 64},
-            "num_queries": 6}
-    base.update(overrides)
-    return tutorial.build_model("dab_detr_tiny", **base)
+    return small_model("dab_detr_tiny", SMALL, **overrides)
 
 
 def inputs():
-    images = torch.randn(2, 3, 64, 80)
-    mask = torch.zeros(2, 64, 80, dtype=torch.bool)
-    mask[1, 48:, :] = True
-    targets = [{"labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.3], [0.7, 0.6, 0.4, 0.2]])},
-               {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.4, 0.3, 0.5]])}]
-    return images, mask, targets
+    return padded_batch((64, 80), (48, 80))
 
 
 @pytest.mark.parametrize("variant", [{}, {"anchor_dim": 2, "modulate_hw_attn": False}, {"random_refpoints_xy": True}],

@@ -10,6 +10,8 @@ import tutorial
 from tutorial.deformable_detr import focal_class_loss, focal_matching_cost
 from tutorial.deformable_transformer import encoder_reference_points, inverse_sigmoid, valid_ratios
 
+from .tiny import padded_batch, small_model
+
 
 @pytest.mark.parametrize("name, expected", [
     ("deformable_detr_r50", 40_069_665),
@@ -21,22 +23,16 @@ def test_paper_presets_have_the_official_parameter_count(name, expected):
     assert sum(p.numel() for p in model.parameters()) == expected
 
 
+SMALL = {"transformer": {"d_model": 32, "num_encoder_layers": 1, "num_decoder_layers": 2, "dim_feedforward": 64},
+         "num_queries": 6}
+
+
 def small(**overrides):
-    torch.manual_seed(0)
-    base = {"transformer": {"d_model": 32, "num_encoder_layers": 1, "num_decoder_layers": 2, "dim_feedforward": 64},
-            "num_queries": 6}
-    base.update(overrides)
-    return tutorial.build_model("deformable_detr_tiny", **base)
+    return small_model("deformable_detr_tiny", SMALL, **overrides)
 
 
 def inputs():
-    images = torch.randn(2, 3, 96, 112)
-    mask = torch.zeros(2, 96, 112, dtype=torch.bool)
-    mask[1, 64:, :] = True
-    mask[1, :, 80:] = True
-    targets = [{"labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.3], [0.7, 0.6, 0.4, 0.2]])},
-               {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}]
-    return images, mask, targets
+    return padded_batch(second_empty=True)
 
 
 @pytest.mark.parametrize("variant", [dict(with_box_refine=False), dict(with_box_refine=True),

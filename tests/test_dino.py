@@ -12,6 +12,8 @@ from tutorial.dino import DINODecoder, contrastive_denoising_loss, contrastive_g
 from tutorial.dn_detr import dn_attention_mask
 from tutorial.mlp import MLP
 
+from .tiny import padded_batch, small_model
+
 torch.set_num_threads(1)
 
 
@@ -25,22 +27,16 @@ def test_dino_4scale_r50_parameter_count_equals_official():
     assert model.selection.box_head is not model.bbox_embed[0]  # the encoder's is its own
 
 
+SMALL = {"transformer": {"d_model": 32, "num_encoder_layers": 1, "num_decoder_layers": 2, "dim_feedforward": 64},
+         "num_queries": 6, "dn_number": 4}
+
+
 def small(**overrides):
-    torch.manual_seed(0)
-    base = {"transformer": {"d_model": 32, "num_encoder_layers": 1, "num_decoder_layers": 2, "dim_feedforward": 64},
-            "num_queries": 6, "dn_number": 4}
-    base.update(overrides)
-    return tutorial.build_model("dino_tiny", **base)
+    return small_model("dino_tiny", SMALL, **overrides)
 
 
 def inputs():
-    images = torch.randn(2, 3, 96, 112)
-    mask = torch.zeros(2, 96, 112, dtype=torch.bool)
-    mask[1, 64:, :] = True
-    mask[1, :, 80:] = True
-    targets = [{"labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.3], [0.7, 0.6, 0.4, 0.2]])},
-               {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.4, 0.3, 0.5]])}]
-    return images, mask, targets
+    return padded_batch()
 
 
 # --- contrastive denoising ---------------------------------------------------------------------

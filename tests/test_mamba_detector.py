@@ -15,27 +15,23 @@ from tutorial.hybrid_encoder import HybridEncoderConfig
 from tutorial.mamba_detector import MambaRTDETR, MambaRTDETRConfig, SS2DEncoder, rtdetr_mamba_tiny
 from tutorial.ss2d import SS2DConfig
 
+from .tiny import padded_batch, small_model
+
 torch.set_num_threads(1)
 F64 = torch.float64
 
 
-def small(**overrides):
-    torch.manual_seed(0)
-    base = {"decoder": {"d_model": 32, "num_decoder_layers": 2, "dim_feedforward": 64},
-            "encoder": {"hidden_dim": 32, "dim_feedforward": 64}, "ss2d": {"d_model": 32, "d_state": 4},
+SMALL = {"decoder": {"d_model": 32, "num_decoder_layers": 2, "dim_feedforward": 64},
+         "encoder": {"hidden_dim": 32, "dim_feedforward": 64}, "ss2d": {"d_model": 32, "d_state": 4},
             "num_queries": 6, "dn_number": 4}
-    base.update(overrides)
-    return tutorial.build_model("rtdetr_mamba_tiny", **base)
+
+
+def small(**overrides):
+    return small_model("rtdetr_mamba_tiny", SMALL, **overrides)
 
 
 def inputs():
-    images = torch.randn(2, 3, 96, 112)
-    mask = torch.zeros(2, 96, 112, dtype=torch.bool)
-    mask[1, 64:, :] = True
-    mask[1, :, 80:] = True
-    targets = [{"labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.3], [0.7, 0.6, 0.4, 0.2]])},
-               {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.4, 0.3, 0.5]])}]
-    return images, mask, targets
+    return padded_batch()
 
 
 def test_tiny_trains_a_step_and_returns_its_deltas():

@@ -19,6 +19,8 @@ from tutorial.query_selection import select_top_k, token_locations
 from tutorial.rt_detr import varifocal_loss, vfl_class_loss
 from tutorial.train import TrainConfig, train
 
+from .tiny import padded_batch, small_model
+
 torch.set_num_threads(1)
 
 
@@ -50,22 +52,16 @@ def test_resnet_vd_backbone():
     assert [tuple(f.shape[-2:]) for f, _ in feats] == [(19, 13), (10, 7), (5, 4)]
 
 
+SMALL = {"decoder": {"d_model": 32, "num_decoder_layers": 3, "dim_feedforward": 64},
+         "encoder": {"hidden_dim": 32, "dim_feedforward": 64}, "num_queries": 6, "dn_number": 4}
+
+
 def small(**overrides):
-    torch.manual_seed(0)
-    base = {"decoder": {"d_model": 32, "num_decoder_layers": 3, "dim_feedforward": 64},
-            "encoder": {"hidden_dim": 32, "dim_feedforward": 64}, "num_queries": 6, "dn_number": 4}
-    base.update(overrides)
-    return tutorial.build_model("rtdetr_tiny", **base)
+    return small_model("rtdetr_tiny", SMALL, **overrides)
 
 
 def inputs():
-    images = torch.randn(2, 3, 96, 112)
-    mask = torch.zeros(2, 96, 112, dtype=torch.bool)
-    mask[1, 64:, :] = True
-    mask[1, :, 80:] = True
-    targets = [{"labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.3], [0.7, 0.6, 0.4, 0.2]])},
-               {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.4, 0.3, 0.5]])}]
-    return images, mask, targets
+    return padded_batch()
 
 
 def test_tiny_preset_is_small():
