@@ -99,7 +99,8 @@ def report(runs: list[Path], out_name: str = "convergence") -> None:
         for r in curve:  # CPU time on one idle core for the images seen so far
             r["cpu_time"] = round((r["epoch"] + 1) * TRAIN_IMAGES / ips, 1)
         curves[run.name] = curve
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    with_is = {name: [r for r in c if "IS" in r] for name, c in curves.items() if any("IS" in r for r in c)}
+    fig, axes = plt.subplots(1, 3 if with_is else 2, figsize=(16 if with_is else 11, 4))
     for name, curve in curves.items():
         hours = [r["cpu_time"] / 3600 for r in curve]
         axes[0].plot(hours, [r["AP"] for r in curve], marker=".", label=name)
@@ -107,6 +108,10 @@ def report(runs: list[Path], out_name: str = "convergence") -> None:
     axes[0].set(xlabel="training CPU time (h, one core, from measured images/s)", ylabel="val AP (shapes)",
                 title="AP against time")
     axes[1].set(xlabel="epoch", ylabel="val AP (shapes)", title="AP against epochs")
+    for name, curve in with_is.items():  # DN-DETR Fig. 2: matched-target changes between epochs
+        axes[2].plot([r["epoch"] + 1 for r in curve], [r["IS"] for r in curve], marker=".", label=name)
+    if with_is:
+        axes[2].set(xlabel="epoch", ylabel="instability score IS", title="IS against epochs (val images)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
