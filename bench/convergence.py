@@ -101,15 +101,16 @@ def report(runs: list[Path], out_name: str = "convergence") -> None:
         curves[run.name] = curve
     with_is = {name: [r for r in c if "IS" in r] for name, c in curves.items() if any("IS" in r for r in c)}
     fig, axes = plt.subplots(1, 3 if with_is else 2, figsize=(16 if with_is else 11, 4))
+    color = {name: f"C{i}" for i, name in enumerate(curves)}  # one colour per run in every panel
     for name, curve in curves.items():
         hours = [r["cpu_time"] / 3600 for r in curve]
-        axes[0].plot(hours, [r["AP"] for r in curve], marker=".", label=name)
-        axes[1].plot([r["epoch"] + 1 for r in curve], [r["AP"] for r in curve], marker=".", label=name)
+        axes[0].plot(hours, [r["AP"] for r in curve], marker=".", label=name, color=color[name])
+        axes[1].plot([r["epoch"] + 1 for r in curve], [r["AP"] for r in curve], marker=".", label=name, color=color[name])
     axes[0].set(xlabel="training CPU time (h, one core, from measured images/s)", ylabel="val AP (shapes)",
                 title="AP against time")
     axes[1].set(xlabel="epoch", ylabel="val AP (shapes)", title="AP against epochs")
     for name, curve in with_is.items():  # DN-DETR Fig. 2: matched-target changes between epochs
-        axes[2].plot([r["epoch"] + 1 for r in curve], [r["IS"] for r in curve], marker=".", label=name)
+        axes[2].plot([r["epoch"] + 1 for r in curve], [r["IS"] for r in curve], marker=".", label=name, color=color[name])
     if with_is:
         axes[2].set(xlabel="epoch", ylabel="instability score IS", title="IS against epochs (val images)")
     for ax in axes:
