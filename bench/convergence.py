@@ -79,9 +79,10 @@ def train_command(model: str, out: Path, budget: float, threads: int | None) -> 
 
 
 def read_curve(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [{k: r[k] for k in ("epoch", "train_time", "AP", "AP50", "AP75", "APs", "APm", "APl", "IS") if k in r}
-            for r in rows if "AP" in r]
+    from tutorial.evaluate import METRICS
+    from tutorial.ship import read_metrics
+
+    return [{k: r[k] for k in ("epoch", "train_time", *METRICS, "IS") if k in r} for r in read_metrics(run) if "AP" in r]
 
 
 def report(runs: list[Path], out_name: str = "convergence") -> None:
