@@ -18,6 +18,7 @@ $(VENV)/.installed: pyproject.toml
 
 data: $(VENV)/.installed
 	$(BIN)/python -m tutorial data
+	$(BIN)/python -m tutorial data --preset hard
 
 exercises: $(VENV)/.installed
 	$(BIN)/python -m tutorial exercises

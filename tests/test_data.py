@@ -5,11 +5,12 @@ import json
 from collections import Counter
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from tutorial.dataset import DetectionDataset, collate
-from tutorial.shapes import CATEGORIES, ShapesConfig, generate, make_image
+from tutorial.shapes import CATEGORIES, PRESETS, ShapesConfig, draw_image, generate, make_image, make_labelled_image
 
 
 def test_generation_is_deterministic_and_independent_of_workers(tmp_path):
@@ -39,9 +40,10 @@ def test_existing_set_is_reused(tmp_path):
     assert ann.stat().st_mtime_ns != before
 
 
-def test_set_has_the_properties_the_tutorial_needs():
-    """Measured on 400 images drawn exactly as the default set's."""
-    cfg = ShapesConfig()
+@pytest.mark.parametrize("preset", ["default", "hard"])
+def test_set_has_the_properties_the_tutorial_needs(preset):
+    """Measured on 400 images drawn exactly as the preset's set."""
+    cfg = PRESETS[preset]
     objects = [make_image(cfg, "train", i)[1] for i in range(400)]
     counts = Counter(len(o) for o in objects)
     boxes = np.array([(x1 - x0, y1 - y0) for objs in objects for _, (x0, y0, x1, y1), _ in objs], dtype=float)
@@ -49,24 +51,35 @@ def test_set_has_the_properties_the_tutorial_needs():
     aspect = boxes[:, 0] / boxes[:, 1]
     classes = Counter(c for objs in objects for c, _, _ in objs)
     assert len(CATEGORIES) >= 4 and set(classes) == set(range(1, len(CATEGORIES) + 1))
-    assert counts[0] > 0 and max(counts) >= 10  # empty images, and crowded ones
+    assert counts[0] > 0 and max(counts) >= {"default": 6, "hard": 10}[preset]  # empty images, and crowded ones
     for lo, hi in ((0, 32**2), (32**2, 96**2), (96**2, 1e9)):  # COCO small / medium / large
         assert ((areas >= lo) & (areas < hi)).mean() > 0.1
     large = areas >= 96**2
     assert (large & (aspect > 2)).sum() > 5 and (large & (aspect < 0.5)).sum() > 5  # wide and tall
+    small = (areas < 32**2).mean()
+    assert (0.25 < small < 0.4) if preset == "default" else (small > 0.5)  # the hard set is mostly small boxes
 
 
-def test_occlusion_is_bounded():
-    """Objects overlap, but each keeps at least half its pixels (checked by redrawing one image)."""
-    cfg = ShapesConfig()
+@pytest.mark.parametrize("preset", ["default", "hard"])
+def test_occlusion_is_bounded(preset):
+    """Objects overlap, but each keeps at least `min_visible` of its pixels, and the per-pixel
+    labels (the pretraining target) are exactly the visible masks."""
+    cfg = PRESETS[preset]
     overlaps = 0
     for i in range(30):
-        _, objs = make_image(cfg, "val", i)
-        for a in range(len(objs)):
-            for b in range(a + 1, len(objs)):
-                (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = objs[a][1], objs[b][1]
+        _, placed = draw_image(cfg, "val", i)
+        _, labels = make_labelled_image(cfg, "val", i)
+        for a, (cat, box, full, visible, _) in enumerate(placed):
+            assert visible.sum() >= cfg.min_visible * full.sum()
+            assert (labels[visible] == cat).all()
+            for b in range(a + 1, len(placed)):
+                (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = box, placed[b][1]
                 overlaps += min(ax1, bx1) > max(ax0, bx0) and min(ay1, by1) > max(ay0, by0)
-    assert overlaps > 20
+        covered = np.zeros(labels.shape, bool)
+        for p in placed:
+            covered |= p[3]
+        assert (labels[~covered] == 0).all()
+    assert overlaps > 10
 
 
 def test_loading_and_padding_mask(small_shapes):

@@ -9,10 +9,12 @@ import torch
 
 
 def cmd_data(args) -> None:
-    from .shapes import ShapesConfig, generate
+    import dataclasses
 
-    cfg = ShapesConfig(seed=args.seed, num_train=args.num_train, num_val=args.num_val)
-    generate(args.out, cfg, workers=args.workers, force=args.force)
+    from .shapes import DEFAULT_ROOTS, PRESETS, generate
+
+    cfg = dataclasses.replace(PRESETS[args.preset], seed=args.seed, num_train=args.num_train, num_val=args.num_val)
+    generate(args.out or DEFAULT_ROOTS[args.preset], cfg, workers=args.workers, force=args.force)
 
 
 def cmd_train(args) -> None:
@@ -27,7 +29,7 @@ def cmd_train(args) -> None:
                       train_images=args.train_images, val_images=args.val_images,
                       resize=tuple(args.resize) if args.resize else None, resume=args.resume,
                       instability_images=args.instability_images,
-                      progress=not args.no_progress, model_overrides=overrides)
+                      progress=not args.no_progress, model_overrides=overrides, amp=args.amp)
     if args.threads:
         torch.set_num_threads(args.threads)
     train(cfg)
@@ -43,6 +45,15 @@ def cmd_eval(args) -> None:
                            resize=tuple(args.resize) if args.resize else None)
     metrics = evaluate(model, val, args.batch_size, args.workers, progress=not args.no_progress)
     print(json.dumps(metrics))
+
+
+def cmd_pretrain(args) -> None:
+    from .pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(backbone=args.backbone, out=args.out or f"data/pretrained/{args.backbone}_tiny.pt",
+                         images=args.images, max_time=args.max_time, lr=args.lr, batch_size=args.batch_size,
+                         threads=args.threads)
+    pretrain(cfg, command="python -m tutorial pretrain " + " ".join(sys.argv[2:]))
 
 
 def cmd_ship(args) -> None:
@@ -63,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command_name", required=True)
 
     p = sub.add_parser("data", help="generate the synthetic shapes set (reused when present)")
-    p.add_argument("--out", default="data/shapes")
+    p.add_argument("--preset", choices=["default", "hard"], default="default",
+                   help="which set (tutorial/shapes.py PRESETS); 'hard' is the first, harder one")
+    p.add_argument("--out", default=None, help="default: data/shapes, or data/shapes_hard for --preset hard")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-train", type=int, default=5000)
     p.add_argument("--num-val", type=int, default=500)
@@ -95,10 +108,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--instability-images", type=int, default=0,
                    help="track the instability score (DN-DETR) on this many val images")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--amp", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: bfloat16 autocast for the forward (losses stay float32)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--model-overrides", default=None, help='JSON, e.g. \'{"num_queries": 50}\'')
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pretrain", help="pretrain a tiny backbone on dense labelling (tutorial/pretrain.py)")
+    p.add_argument("--backbone", choices=["resnet", "presnet"], default="resnet")
+    p.add_argument("--out", default=None, help="default: data/pretrained/<backbone>_tiny.pt")
+    p.add_argument("--images", type=int, default=4000)
+    p.add_argument("--max-time", type=float, default=600.0, help="seconds of training")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("eval", help="COCO metrics of a checkpoint")
     p.add_argument("--checkpoint", required=True)

@@ -6,8 +6,10 @@ parameters, so they do not count as parameters), and the padding mask is downsam
 returned feature map. Nothing is downloaded: the ResNet starts from random weights, or loads a
 torchvision ResNet state dict from a local file (`BackboneConfig.weights`).
 
-With random weights, frozen batch norm is the identity and a deep ResNet trains poorly from
-scratch, so the tiny presets use ordinary (trainable) batch norm instead (`norm="bn"`).
+The tiny presets start from `data/pretrained/resnet_tiny.pt`, this package's own pretraining of
+the tiny ResNet on dense labelling of generated shapes (`tutorial/pretrain.py`), the analogue of
+the papers' ImageNet weights. They keep ordinary (trainable) batch norm (`norm="bn"`), since the
+statistics of so short a pretraining are not worth freezing.
 
 Glossary: B batch, H, W image size, C_l channels of stage l, stride s_l = 4, 8, 16, 32 for
 layer1..layer4.
@@ -21,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet
 from torchvision.ops.misc import FrozenBatchNorm2d
+
+from .pretrain import resolve_weights
 
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
 
@@ -36,14 +40,16 @@ class BackboneConfig:
     dilation: bool = False  # DC5: layer4 with dilation instead of stride (DETR-DC5)
     train_from: str = "layer2"  # the stem and stages before this one are frozen (DETR: layer2);
     # "stem" trains everything (needed from scratch)
-    weights: str | None = None  # path to a local torchvision ResNet state dict
+    weights: str | None = None  # path to a local torchvision ResNet state dict, or "pretrained:<name>"
+    # for data/pretrained/<name>.pt (tutorial/pretrain.py)
 
 
 def tiny_backbone(*return_layers: str) -> BackboneConfig:
     """The tiny presets' backbone: a torchvision ResNet with one BasicBlock per stage up to layer3
-    (strides 4, 8, 16), trainable batch norm, every layer trained (from scratch)."""
+    (strides 4, 8, 16), trainable batch norm, every layer trained, starting from the shipped
+    dense-labelling pretraining (`tutorial/pretrain.py`; `weights=None` starts from scratch)."""
     return BackboneConfig(name="resnet18", depths=(1, 1, 1), return_layers=return_layers or ("layer3",), norm="bn",
-                          train_from="stem")
+                          train_from="stem", weights="pretrained:resnet_tiny")
 
 
 def build_resnet(cfg: BackboneConfig) -> resnet.ResNet:
@@ -56,13 +62,15 @@ def build_resnet(cfg: BackboneConfig) -> resnet.ResNet:
     else:
         net = getattr(resnet, cfg.name)(weights=None, norm_layer=norm_layer,
                                         replace_stride_with_dilation=[False, False, cfg.dilation])
-    if cfg.weights is not None:
-        state = torch.load(cfg.weights, map_location="cpu", weights_only=True)
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        wrong = [k for k in missing + unexpected if not k.startswith("fc.")]
-        if wrong:
-            raise ValueError(f"backbone weights {cfg.weights}: keys do not fit {cfg.name}: {wrong[:5]}")
     last = max(LAYERS.index(name) for name in cfg.return_layers)
+    if cfg.weights is not None:
+        path = resolve_weights(cfg.weights)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        unused = ("fc.",) + tuple(f"{name}." for name in LAYERS[last + 1:])  # dropped below: not expected
+        wrong = [k for k in missing if not k.startswith(unused)] + [k for k in unexpected if not k.startswith("fc.")]
+        if wrong:
+            raise ValueError(f"backbone weights {path}: keys do not fit {cfg.name}: {wrong[:5]}")
     for name in LAYERS[last + 1:]:
         delattr(net, name)  # stages after the last returned one are not part of the detector
     del net.avgpool, net.fc

@@ -34,10 +34,15 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+INIT_ONLY = {"weights"}  # fields that say how a model was initialised, not what it is
+
+
 def config_differences(a, b, prefix: str = "") -> list[str]:
-    """Field paths where two config dicts differ, e.g. ["transformer.d_model: 256 != 128"]."""
+    """Field paths where two config dicts differ, e.g. ["transformer.d_model: 256 != 128"].
+    Fields in `INIT_ONLY` (a backbone's initial weights) are not compared: a checkpoint's weights
+    replace them."""
     out = []
-    for key in sorted(set(a) | set(b)):
+    for key in sorted((set(a) | set(b)) - INIT_ONLY):
         va, vb = a.get(key, "<missing>"), b.get(key, "<missing>")
         if isinstance(va, dict) and isinstance(vb, dict):
             out += config_differences(va, vb, f"{prefix}{key}.")

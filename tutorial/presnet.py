@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .pretrain import resolve_weights
+
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
 BLOCKS_PER_STAGE = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
@@ -43,7 +45,7 @@ class PResNetConfig:
     freeze_norm: bool = True  # frozen batch norm (buffers) instead of trainable batch norm
     depths: tuple[int, ...] | None = None  # blocks per stage, overriding `depth`'s (tiny presets)
     width: int = 64  # C_0 before expansion (official 64; tiny presets narrower)
-    weights: str | None = None  # path to a local official PResNet state dict
+    weights: str | None = None  # path to a local official PResNet state dict, or "pretrained:<name>"
 
     def __post_init__(self):
         if self.depth not in BLOCKS_PER_STAGE:
@@ -138,7 +140,7 @@ class PResNet(nn.Module):
         self.res_layers = nn.ModuleList(Stage(block, ins[i], widths[i], depths[i], 1 if i == 0 else 2, norm_layer)
                                         for i in range(len(depths)))
         if cfg.weights is not None:
-            self.load_state_dict(torch.load(cfg.weights, map_location="cpu", weights_only=True))
+            self.load_state_dict(torch.load(resolve_weights(cfg.weights), map_location="cpu", weights_only=True))
         frozen = [self.conv1] + list(self.res_layers[:max(cfg.freeze_at, 0)]) if cfg.freeze_at >= 0 else []
         for module in frozen:
             module.requires_grad_(False)

@@ -313,7 +313,8 @@ def rtdetr_tiny() -> RTDETRConfig:
     return RTDETRConfig(
         num_classes=6,
         num_queries=25,
-        backbone=PResNetConfig(depth=18, depths=(1, 1, 1, 1), width=32, freeze_at=-1, freeze_norm=False),
+        backbone=PResNetConfig(depth=18, depths=(1, 1, 1, 1), width=32, freeze_at=-1, freeze_norm=False,
+                               weights="pretrained:presnet_tiny"),
         encoder=HybridEncoderConfig(hidden_dim=128, dim_feedforward=512, expansion=0.5, depth_mult=1 / 3),
         decoder=DeformableTransformerConfig(d_model=128, num_heads=8, num_encoder_layers=0, num_decoder_layers=3,
                                             dim_feedforward=512, dropout=0.0, num_levels=3, dec_points=4),

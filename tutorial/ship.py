@@ -2,7 +2,8 @@
 
     python -m tutorial ship --run runs/detr_tiny --name detr_tiny --command "python -m tutorial train ..."
 
-The manifest records the exact train command, the seed, the training wall time, the AP curve
+The manifest records the exact train command, the data set (its folder, whose generator config
+is in its instances.json), the seed, the training wall time, the AP curve
 (val metrics against training time and epoch, from the run's metrics.jsonl) and the val metrics
 of the shipped file itself (weights in float16), measured here by re-evaluating it: the test
 `tests/test_checkpoints.py` re-evaluates the file and must find the same numbers.
@@ -52,6 +53,7 @@ def ship(run: str | Path, name: str, data: str = "data/shapes", command: str = "
         "name": name,
         "preset": ckpt["preset"],
         "command": command,
+        "data": str(data),  # the set it was trained and evaluated on (tests/test_checkpoints.py reads it)
         "seed": ckpt.get("train_config", {}).get("seed"),
         "epochs": ckpt["epoch"] + 1,
         "train_wall_time_s": round(ckpt["train_time"], 1),

@@ -5,7 +5,9 @@ written atomically every epoch, `--resume`, metrics appended as JSON lines, COCO
     torchrun --nproc_per_node 2 -m tutorial train ...      # DistributedDataParallel (gloo on CPU)
 
 Files in `out`: `checkpoint.pt` (the last finished epoch) and `metrics.jsonl`, one line per
-epoch: {"epoch", "train_time" (s, cumulative, evaluation excluded), "lr", "loss", the loss terms,
+epoch: {"epoch", "train_time" (s, cumulative, evaluation excluded), "cpu_time" (the process's CPU
+seconds over the same span: one core's time with `--threads 1 --workers 0`, however busy the
+machine), "lr", "loss", the loss terms,
 "AP", "AP50", ...}. A non-finite loss stops training with a message and leaves the last
 checkpoint as it was. The loop is the official `engine.py`'s, without its logging framework.
 """
@@ -63,6 +65,7 @@ class TrainConfig:
     resume: bool = False  # continue from out/checkpoint.pt
     progress: bool = True
     model_overrides: dict = field(default_factory=dict)  # build_model(model, **model_overrides)
+    amp: str = "fp32"  # "bf16": the forward under bfloat16 autocast (AMX on recent CPUs), losses in float32
 
 
 def seed_everything(seed: int) -> None:
@@ -96,6 +99,17 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return [{"params": rest, "lr": cfg.lr}, {"params": backbone, "lr": cfg.lr_backbone}]
 
 
+def to_float(x):
+    """Floating-point tensors inside nested dicts/lists/tuples, cast to float32 (after autocast)."""
+    if torch.is_tensor(x):
+        return x.float() if x.is_floating_point() else x
+    if isinstance(x, dict):
+        return {k: to_float(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_float(v) for v in x)
+    return x
+
+
 def train_one_epoch(model, criterion, loader, optimizer, scheduler, cfg: TrainConfig, epoch: int,
                     device) -> dict[str, float]:
     """One pass over `loader`; returns the epoch's mean loss terms."""
@@ -107,8 +121,9 @@ def train_one_epoch(model, criterion, loader, optimizer, scheduler, cfg: TrainCo
     for it, (images, mask, targets) in enumerate(bar):
         images, mask = images.to(device), mask.to(device)
         targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
-        outputs = model(images, mask, targets=targets) if uses_targets else model(images, mask)
-        losses = criterion(outputs, targets)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+            outputs = model(images, mask, targets=targets) if uses_targets else model(images, mask)
+        losses = criterion(to_float(outputs), targets)
         loss = losses["loss"]
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch}, iteration {it}; stopping. "
@@ -153,7 +168,7 @@ def train(cfg: TrainConfig) -> nn.Module:
                      for s in range(0, min(cfg.instability_images, len(val_set)), cfg.batch_size)]
     previous_matching = None
 
-    start_epoch, train_time = 0, 0.0
+    start_epoch, train_time, cpu_time = 0, 0.0, 0.0
     if cfg.resume and (out / "checkpoint.pt").exists():
         ckpt = load_checkpoint(out / "checkpoint.pt")
         diffs = config_differences(saved_config(ckpt, model), dataclasses.asdict(model.cfg))
@@ -162,7 +177,7 @@ def train(cfg: TrainConfig) -> nn.Module:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch, train_time = ckpt["epoch"] + 1, ckpt["train_time"]
+        start_epoch, train_time, cpu_time = ckpt["epoch"] + 1, ckpt["train_time"], ckpt.get("cpu_time", 0.0)
         previous_matching = ckpt.get("matched_targets")
         torch.set_rng_state(ckpt["rng"])
         if is_main() and cfg.progress:
@@ -175,12 +190,13 @@ def train(cfg: TrainConfig) -> nn.Module:
         if world_size > 1:
             sampler.set_epoch(epoch)
         time_dropped[0] = cfg.lr_drop_time is not None and train_time >= cfg.lr_drop_time
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         stats = train_one_epoch(model, criterion, loader, optimizer, scheduler, cfg, epoch, device)
         train_time += all_reduce_mean(time.perf_counter() - t0, device)
+        cpu_time += time.process_time() - c0
         broadcast_buffers(unwrapped)
         last = epoch == cfg.epochs - 1 or (cfg.max_train_time is not None and train_time >= cfg.max_train_time)
-        record = {"epoch": epoch, "train_time": round(train_time, 2), "lr": optimizer.param_groups[0]["lr"],
+        record = {"epoch": epoch, "train_time": round(train_time, 2), "cpu_time": round(cpu_time, 2), "lr": optimizer.param_groups[0]["lr"],
                   **{k: round(v, 5) for k, v in stats.items()}}
         if is_main():
             if (epoch + 1) % cfg.eval_every == 0 or last:
@@ -192,7 +208,7 @@ def train(cfg: TrainConfig) -> nn.Module:
                 previous_matching = matching
             save_atomic({"preset": cfg.model, "config": dataclasses.asdict(unwrapped.cfg),
                          "model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "epoch": epoch, "train_time": train_time,
+                         "scheduler": scheduler.state_dict(), "epoch": epoch, "train_time": train_time, "cpu_time": cpu_time,
                          "rng": torch.get_rng_state(), "train_config": dataclasses.asdict(cfg),
                          "matched_targets": previous_matching},
                         out / "checkpoint.pt")
