@@ -2,9 +2,13 @@
 matching, backward, AdamW step) for a preset on shapes batches, on this machine.
 
     python bench/throughput.py --model detr_tiny --batch-size 16 --steps 20
+    python bench/throughput.py --model detr_tiny --amp bf16          # bfloat16 autocast (AMX on this CPU)
+    python bench/throughput.py --model detr_tiny --device cuda       # on a GPU machine
 
-Writes bench/results/throughput_<model>.json. The first `--warmup` steps are not timed; the
-result is the median over the timed steps.
+Writes bench/results/throughput_<model>.json (fp32 on the CPU: the baseline the convergence bench
+reads), or throughput_<model>_<amp>_<device>.json for other variants. The first `--warmup` steps
+are not timed; the result is the median over the timed steps. The step is `tutorial.train`'s:
+forward under autocast when asked, losses in float32.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import write_json  # noqa: E402
 from tutorial import build_model  # noqa: E402
 from tutorial.dataset import DetectionDataset, collate  # noqa: E402
+from tutorial.train import to_float  # noqa: E402
 
 
 def main() -> None:
@@ -30,32 +35,43 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--amp", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--device", default="cpu")
     args = p.parse_args()
+    device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = build_model(args.model).train()
+    model = build_model(args.model).train().to(device)
     criterion = model.build_criterion()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     data = DetectionDataset(args.data, "train", train=True, num_classes=model.cfg.num_classes)
     times = []
     for step in range(args.warmup + args.steps):
         images, mask, targets = collate([data[(step * args.batch_size + i) % len(data)] for i in range(args.batch_size)])
+        images, mask = images.to(device), mask.to(device)
+        targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
         t0 = time.perf_counter()
-        outputs = model(images, mask, targets=targets) if getattr(model, "uses_targets", False) else model(images, mask)
-        loss = criterion(outputs, targets)["loss"]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16"):
+            outputs = model(images, mask, targets=targets) if getattr(model, "uses_targets", False) else model(images, mask)
+        loss = criterion(to_float(outputs), targets)["loss"]
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
         optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         if step >= args.warmup:
             times.append(time.perf_counter() - t0)
     median = statistics.median(times)
-    result = {"model": args.model, "batch_size": args.batch_size, "steps": args.steps,
+    result = {"model": args.model, "amp": args.amp, "device": args.device, "threads": torch.get_num_threads(),
+              "batch_size": args.batch_size, "steps": args.steps,
               "median_step_s": round(median, 4), "images_per_s": round(args.batch_size / median, 2),
               "step_s": [round(t, 4) for t in times]}
-    print(f"{args.model}: {result['images_per_s']} images/s (median step {median:.3f} s, batch {args.batch_size})")
-    write_json(f"throughput_{args.model}", result)
+    print(f"{args.model} {args.amp} {args.device}: {result['images_per_s']} images/s "
+          f"(median step {median:.3f} s, batch {args.batch_size})")
+    baseline = args.amp == "fp32" and device.type == "cpu"
+    write_json(f"throughput_{args.model}" if baseline else f"throughput_{args.model}_{args.amp}_{device.type}", result)
 
 
 if __name__ == "__main__":
