@@ -6,6 +6,9 @@
 What is measured (see `tutorial/figure_metrics.py` for the definitions):
 - detr_tiny: the encoder's instance lift (DETR Fig. 3), the decoder's outline lift (Fig. 6) and the
   query slots' specialisation (Fig. 7);
+- detr_tiny, conditional_detr_tiny, dab_detr_tiny: the positional priors of their learned queries
+  (DAB-DETR Fig. 2): peaks per first-layer positional map and its spread (each checkpoint's
+  training set is reported beside it);
 - convergence (Deformable DETR Table 1's story): the first epoch and one-core CPU time at which
   deformable_detr_tiny reaches detr_tiny's final AP, from the two manifests' AP curves;
 - pretraining (the deck's "slow convergence", measured): val AP of detr_tiny with and without the
@@ -46,6 +49,18 @@ def detr_figures(data: str, images: int) -> dict:
             "encoder_instance_lift": fm.encoder_instance_lift(model, val, images),
             "decoder_outline_lift": fm.decoder_outline_lift(model, val, images),
             "slot_specialisation": fm.slot_specialisation(model, val)}
+
+
+def positional_priors(data: str) -> dict:
+    out = {}
+    for name in ("detr_tiny", "conditional_detr_tiny", "dab_detr_tiny"):
+        m = manifest(name)
+        if m is None:
+            continue
+        model = load_model(CHECKPOINTS / f"{name}.pt")
+        val = DetectionDataset(ROOT / data, "val", num_classes=model.cfg.num_classes)
+        out[name] = {"trained_on": m.get("data"), "val_metrics": m["val_metrics"], **fm.positional_priors(model, val)}
+    return out
 
 
 def first_reaching(curve: list[dict], ap: float) -> dict | None:
@@ -91,7 +106,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    result = {"detr_tiny": detr_figures(args.data, args.images), "convergence": convergence(),
+    result = {"detr_tiny": detr_figures(args.data, args.images), "positional_priors": positional_priors(args.data),
+              "convergence": convergence(),
               "pretraining": pretraining({"pretrained": ROOT / args.pretrained_run,
                                           "scratch": ROOT / args.scratch_run})}
     print(json.dumps({k: v for k, v in result.items() if k != "pretraining"}, indent=1)[:3000])

@@ -4,6 +4,10 @@ matching, backward, AdamW step) for a preset on shapes batches, on this machine.
     python bench/throughput.py --model detr_tiny --batch-size 16 --steps 20
     python bench/throughput.py --model detr_tiny --amp bf16          # bfloat16 autocast (AMX on this CPU)
     python bench/throughput.py --model detr_tiny --device cuda       # on a GPU machine
+    python bench/throughput.py --table --threads 1                   # every tiny model x {fp32, bf16}
+
+`--table` runs each (model, variant) in its own process, one after another, and writes
+bench/results/throughput_table.json with a markdown table (images/s, and bf16 against fp32).
 
 Writes bench/results/throughput_<model>.json (fp32 on the CPU: the baseline the convergence bench
 reads), or throughput_<model>_<amp>_<device>.json for other variants. The first `--warmup` steps
@@ -13,7 +17,9 @@ forward under autocast when asked, losses in float32.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +33,31 @@ from tutorial.dataset import DetectionDataset, collate  # noqa: E402
 from tutorial.train import to_float  # noqa: E402
 
 
+TINY = ["detr_tiny", "deformable_detr_tiny", "conditional_detr_tiny", "dab_detr_tiny", "dn_detr_tiny", "dino_tiny",
+        "rtdetr_tiny", "rtdetr_mamba_tiny", "dense_tiny"]
+
+
+def table(args) -> None:
+    """Every tiny model at fp32 and bf16, each in a fresh process; a markdown table and JSON."""
+    rows = []
+    for model in TINY:
+        row = {"model": model}
+        for amp in ("fp32", "bf16"):
+            cmd = [sys.executable, __file__, "--model", model, "--amp", amp, "--device", args.device,
+                   "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--print-json"]
+            cmd += ["--threads", str(args.threads)] if args.threads else []
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            row[amp] = json.loads(out.strip().splitlines()[-1])["images_per_s"]
+        row["bf16_speedup"] = round(row["bf16"] / row["fp32"], 2)
+        print(row, flush=True)
+        rows.append(row)
+    lines = ["| model | fp32 images/s | bf16 images/s | bf16 / fp32 |", "|---|---:|---:|---:|"]
+    lines += [f"| `{r['model']}` | {r['fp32']} | {r['bf16']} | {r['bf16_speedup']} |" for r in rows]
+    print("\n".join(lines))
+    write_json("throughput_table", {"device": args.device, "threads": args.threads, "batch_size": args.batch_size,
+                                    "steps": args.steps, "rows": rows, "markdown": "\n".join(lines)})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="detr_tiny")
@@ -37,7 +68,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--amp", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--table", action="store_true", help="every tiny model at fp32 and bf16")
+    p.add_argument("--print-json", action="store_true", help="print the result as JSON, write no file")
     args = p.parse_args()
+    if args.table:
+        return table(args)
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,6 +105,8 @@ def main() -> None:
               "step_s": [round(t, 4) for t in times]}
     print(f"{args.model} {args.amp} {args.device}: {result['images_per_s']} images/s "
           f"(median step {median:.3f} s, batch {args.batch_size})")
+    if args.print_json:
+        return print(json.dumps(result))
     baseline = args.amp == "fp32" and device.type == "cpu"
     write_json(f"throughput_{args.model}" if baseline else f"throughput_{args.model}_{args.amp}_{device.type}", result)
 

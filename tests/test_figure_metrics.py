@@ -82,3 +82,17 @@ def test_generator_config_round_trips(val):
     from tutorial.shapes import ShapesConfig
 
     assert fm.generator_config(val) == ShapesConfig(num_train=64, num_val=16)
+
+
+def test_peaks_and_spread_of_known_maps():
+    h = w = 16
+    ys, xs = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
+    bump = lambda y, x, s: np.exp(-((ys - y) ** 2 + (xs - x) ** 2) / (2 * s**2))  # noqa: E731
+    one = bump(0.3, 0.7, 0.05)
+    two = bump(0.25, 0.25, 0.05) + bump(0.75, 0.75, 0.05)
+    flat = np.ones((h, w))
+    maps = torch.tensor(np.stack([one, two, flat]).reshape(3, -1))
+    maps = maps / maps.sum(-1, keepdim=True)
+    peaks, spreads = fm.map_peaks_and_spread(maps, (h, w))
+    assert peaks == [1, 2, 1]  # a flat map is one plateau
+    assert spreads[0] < 0.1 < spreads[1] and spreads[2] > 0.3

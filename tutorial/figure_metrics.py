@@ -11,6 +11,12 @@ number over the whole val set (`bench/figures.py` writes them, the notebooks quo
   prediction matched to an object (Hungarian, the training criterion's matching), the last
   decoder layer's cross-attention mass on the cells of a band along the object's outline,
   divided by the band's share of the box's cells, both counted inside the box only.
+- `positional_priors` (DAB-DETR Fig. 2, "positional attention maps between the learned queries
+  and the positional embeddings from a feature map"): for each query's first-layer positional
+  map (mean of heads, on a 32 x 32 grid), the number of separate concentration peaks (local
+  maxima holding at least half the map's maximum) and its spread (the attention-weighted RMS
+  distance from the map's maximum, in image-side units). The deck: several centres for DETR, one
+  compact centre for DAB-DETR.
 - `slot_specialisation` (DETR Fig. 7): for each of the first 20 query slots, the share of its
   confident predictions that fall in its dominant mode (small / large horizontal / large
   vertical), against the share of the commonest mode among the val boxes (what a slot that
@@ -155,6 +161,36 @@ def slot_specialisation(model, dataset, slots: int = 20, threshold: float = 0.5,
     shares = [p["dominant_share"] for p in per_slot if p["predictions"] > 0]
     return {"mean_dominant_share": round(float(np.mean(shares)), 4) if shares else None,
             "baseline_share": round(baseline, 4), "per_slot": per_slot}
+
+
+def map_peaks_and_spread(maps: Tensor, grid: tuple[int, int], floor: float = 0.5) -> tuple[list[int], list[float]]:
+    """maps (Q, h·w) distributions on an (h, w) grid -> per query: the number of 3x3 local maxima at
+    least `floor` x its maximum, and the RMS distance (in units of the grid's side) from its maximum."""
+    h, w = grid
+    ys, xs = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")  # (h, w) each
+    peaks, spreads = [], []
+    for m in maps.reshape(-1, h, w).double().numpy():
+        local = (m == ndimage.maximum_filter(m, size=3, mode="constant", cval=-1.0)) & (m >= floor * m.max())
+        labels, count = ndimage.label(local)  # a plateau of equal maxima is one peak
+        peaks.append(int(count))
+        y0, x0 = np.unravel_index(m.argmax(), m.shape)
+        d2 = (ys - ys[y0, x0]) ** 2 + (xs - xs[y0, x0]) ** 2
+        spreads.append(float(np.sqrt((m * d2).sum() / m.sum())))
+    return peaks, spreads
+
+
+@torch.no_grad()
+def positional_priors(model, dataset, index: int = 0, layer: int = 0, grid: tuple[int, int] = (32, 32)) -> dict:
+    """See the module docstring: the first-layer positional maps of `model` on image `index`."""
+    from .widgets import QueryRunner, select_head
+
+    r = QueryRunner(model.eval(), dataset, grid=grid)(index)
+    maps = select_head(r["positional_attention"][layer], "mean")  # (Q, h·w)
+    peaks, spreads = map_peaks_and_spread(maps, grid)
+    return {"queries": len(peaks), "mean_peaks": round(float(np.mean(peaks)), 3),
+            "share_single_peak": round(float(np.mean(np.array(peaks) == 1)), 4),
+            "median_spread": round(float(np.median(spreads)), 4), "peaks": peaks,
+            "spreads": [round(v, 4) for v in spreads]}
 
 
 def summary(values: list[float]) -> dict:
