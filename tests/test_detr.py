@@ -166,3 +166,21 @@ def test_positional_attention_is_the_cross_attention_of_positions_alone():
     fine = model.positional_attention(torch.zeros(1, 8, 8, dtype=torch.bool))  # (1, M, Q, 64)
     assert coarse.shape[-1] == 16 and fine.shape[-1] == 64
     assert torch.allclose(fine.sum(-1), torch.ones(()), atol=1e-5)
+
+
+def test_fused_attention_runs_in_float32_under_cpu_autocast():
+    """Under bf16 autocast on the CPU the fused attention computes in float32 (its bf16 backward is
+    several times slower there): same values as outside autocast, gradients flow."""
+    from tutorial.attention import allowed_mask, fused_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 7, 8, requires_grad=True) for _ in range(3))
+    pad = torch.zeros(2, 7, dtype=torch.bool)
+    pad[1, 5:] = True
+    ref = fused_attention(q, k, v, allowed_mask(pad, None), 0.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), allowed_mask(pad, None), 0.0)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, ref, atol=3e-2)  # the inputs were rounded to bf16, the attention was not
+    out.sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()

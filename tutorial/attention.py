@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
@@ -90,9 +91,18 @@ def attend(q: Tensor, k: Tensor, v: Tensor, num_heads: int, key_padding_mask: Te
     if need_weights:
         out, weights = scaled_dot_product_attention(q, k, v, key_padding_mask, attn_mask, dropout)
     else:
-        out, weights = F.scaled_dot_product_attention(
-            q, k, v, allowed_mask(key_padding_mask, attn_mask), dropout_p=dropout), None  # (B, M, Q, d_v)
+        out, weights = fused_attention(q, k, v, allowed_mask(key_padding_mask, attn_mask), dropout), None
     return rearrange(out, "b m q d -> b q (m d)"), weights  # (B, Q, M·d_v)
+
+
+def fused_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, dropout: float) -> Tensor:
+    """`F.scaled_dot_product_attention` -> (B, M, Q, d_v). Under bfloat16 autocast on a CPU it runs in
+    float32: there the fused bfloat16 backward is several times slower than the float32 one
+    (measured in detr_tiny's training step: 772 ms against 118 ms for the same three steps)."""
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), allowed, dropout_p=dropout)
+    return F.scaled_dot_product_attention(q, k, v, allowed, dropout_p=dropout)
 
 
 class PreProjectedAttention(nn.Module):
