@@ -3,8 +3,9 @@
     python -m tutorial ship --run runs/detr_tiny --name detr_tiny --command "python -m tutorial train ..."
 
 The manifest records the exact train command, the data set (its folder, whose generator config
-is in its instances.json), the seed, the training wall time, the AP curve
-(val metrics against training time and epoch, from the run's metrics.jsonl) and the val metrics
+is in its instances.json), the seed, the training wall time, the AP curve (val metrics, and
+the instability score where recorded, against epoch, wall time and CPU time, from the run's
+metrics.jsonl) and the val metrics
 of the shipped file itself (weights in float16), measured here by re-evaluating it: the test
 `tests/test_checkpoints.py` re-evaluates the file and must find the same numbers.
 """
@@ -48,7 +49,8 @@ def ship(run: str | Path, name: str, data: str = "data/shapes", command: str = "
     val = DetectionDataset(data, "val", num_classes=model.cfg.num_classes)
     metrics = evaluate(model, val, progress=False)
     history = read_metrics(run)
-    curve = [{k: r[k] for k in ("epoch", "train_time", *METRICS) if k in r} for r in history if "AP" in r]
+    keys = ("epoch", "train_time", "cpu_time", *METRICS, "IS")
+    curve = [{k: r[k] for k in keys if k in r} for r in history if "AP" in r]
     manifest = {
         "name": name,
         "preset": ckpt["preset"],
