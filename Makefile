@@ -23,8 +23,9 @@ data: $(VENV)/.installed
 exercises: $(VENV)/.installed
 	$(BIN)/python -m tutorial exercises
 
+# jupyter refuses to run as root (the usual user in a container) without --allow-root
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $$(if [ "$$(id -u)" = 0 ]; then echo --allow-root; fi)
 
 test: setup
 	$(BIN)/python -m pytest -n 2 --durations=15 $(PYTEST_ARGS)

@@ -1,7 +1,6 @@
 """Shared fixtures: the implementation switch for exercises, and a small shapes set."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -9,13 +8,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def pytest_addoption(parser):
-    parser.addoption("--impl", choices=["reference", "exercises"], default=os.environ.get("TUTORIAL_IMPL", "reference"),
-                     help="test the package's reference bodies (default) or your exercises/ (TUTORIAL_IMPL)")
-
-
 @pytest.fixture(scope="session")
 def impl(request) -> str:
+    """The `--impl` option ("reference" or "exercises"), declared in the root conftest.py."""
     return request.config.getoption("--impl")
 
 

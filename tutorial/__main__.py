@@ -1,4 +1,8 @@
-"""Command line: `python -m tutorial {data,train,eval,ship} ...` (`--help` on each)."""
+"""Command line: `python -m tutorial {data,train,pretrain,eval,ship,exercises} ...` (`--help` on each).
+
+Bad input (a missing or malformed file, an unknown model, a wrong checkpoint) prints one line,
+`error: <what is wrong and the fix>`, and exits with status 2; `--debug` shows the traceback.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +10,8 @@ import json
 import sys
 
 import torch
+
+from .errors import InputError, one_line
 
 
 def cmd_data(args) -> None:
@@ -17,10 +23,24 @@ def cmd_data(args) -> None:
     generate(args.out or DEFAULT_ROOTS[args.preset], cfg, workers=args.workers, force=args.force)
 
 
+def parse_overrides(text: str | None) -> dict:
+    """`--model-overrides` JSON -> dict, or an `InputError` saying what is wrong with it."""
+    if not text:
+        return {}
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"--model-overrides: not valid JSON ({e.msg} at column {e.colno}); "
+                         f"expected e.g. '{{\"num_queries\": 50}}'") from e
+    if not isinstance(overrides, dict):
+        raise InputError(f"--model-overrides: expected a JSON object of config fields, got {text!r}")
+    return overrides
+
+
 def cmd_train(args) -> None:
     from .train import TrainConfig, train
 
-    overrides = json.loads(args.model_overrides) if args.model_overrides else {}
+    overrides = parse_overrides(args.model_overrides)
     cfg = TrainConfig(model=args.model, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, lr_backbone=args.lr_backbone, weight_decay=args.weight_decay,
                       clip_max_norm=args.clip_max_norm, schedule=args.schedule, lr_drop=args.lr_drop,
@@ -36,13 +56,15 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .checkpoint import load_model
+    from .checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
     from .dataset import DetectionDataset
     from .evaluate import evaluate
 
-    model = load_model(args.checkpoint, args.model)
-    val = DetectionDataset(args.data, args.split, num_classes=model.cfg.num_classes,
+    ckpt = load_checkpoint(args.checkpoint)  # the checkpoint and the data are checked before building the model
+    _, cfg = checkpoint_config(ckpt, args.checkpoint, args.model)
+    val = DetectionDataset(args.data, args.split, num_classes=cfg.num_classes,
                            resize=tuple(args.resize) if args.resize else None)
+    model = model_from_checkpoint(ckpt, args.checkpoint, args.model)
     metrics = evaluate(model, val, args.batch_size, args.workers, progress=not args.no_progress)
     print(json.dumps(metrics))
 
@@ -53,7 +75,7 @@ def cmd_pretrain(args) -> None:
     cfg = PretrainConfig(backbone=args.backbone, out=args.out or f"data/pretrained/{args.backbone}_tiny.pt",
                          images=args.images, max_time=args.max_time, lr=args.lr, batch_size=args.batch_size,
                          threads=args.threads)
-    pretrain(cfg, command="python -m tutorial pretrain " + " ".join(sys.argv[2:]))
+    pretrain(cfg, command="python -m tutorial " + " ".join(a for a in sys.argv[1:] if a != "--debug"))
 
 
 def cmd_ship(args) -> None:
@@ -69,11 +91,36 @@ def cmd_exercises(args) -> None:
     print("wrote " + ", ".join(str(p) for p in written) if written else "exercises/ is up to date (use --force)")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tutorial", description=__doc__)
+def run(args) -> None:
+    """Run the chosen command; bad input becomes one line on stderr and exit status 2."""
+    try:
+        args.func(args)
+    except InputError as e:
+        if args.debug:
+            raise
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+DEBUG_HELP = "show the full traceback of an error instead of its one-line message"
+
+
+def add_command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A sub-command parser that also takes `--debug` after the sub-command's name. Its default is
+    SUPPRESS, so that `python -m tutorial --debug eval ...` is not reset to False by the sub-parser."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one sub-command per task; `--debug` before or after it."""
+    parser = argparse.ArgumentParser(prog="python -m tutorial", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command_name", required=True)
 
-    p = sub.add_parser("data", help="generate the synthetic shapes set (reused when present)")
+    p = add_command(sub, "data", help="generate the synthetic shapes set (reused when present)")
     p.add_argument("--preset", choices=["default", "hard"], default="default",
                    help="which set (tutorial/shapes.py PRESETS); 'hard' is the first, harder one")
     p.add_argument("--out", default=None, help="default: data/shapes, or data/shapes_hard for --preset hard")
@@ -84,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--force", action="store_true", help="regenerate even if present")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("train", help="train a model (see tutorial/train.py)")
+    p = add_command(sub, "train", help="train a model (see tutorial/train.py)")
     p.add_argument("--model", default="detr_tiny", help="a name from tutorial.list_models()")
     p.add_argument("--data", default="data/shapes", help="shapes folder or a local COCO 2017 folder")
     p.add_argument("--out", default="runs/detr_tiny")
@@ -115,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model-overrides", default=None, help='JSON, e.g. \'{"num_queries": 50}\'')
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("pretrain", help="pretrain a tiny backbone on dense labelling (tutorial/pretrain.py)")
+    p = add_command(sub, "pretrain", help="pretrain a tiny backbone on dense labelling (tutorial/pretrain.py)")
     p.add_argument("--backbone", choices=["resnet", "presnet"], default="resnet")
     p.add_argument("--out", default=None, help="default: data/pretrained/<backbone>_tiny.pt")
     p.add_argument("--images", type=int, default=4000)
@@ -125,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("eval", help="COCO metrics of a checkpoint")
+    p = add_command(sub, "eval", help="COCO metrics of a checkpoint")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--model", default=None, help="check the checkpoint against this preset")
     p.add_argument("--data", default="data/shapes")
@@ -136,19 +183,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("ship", help="copy a run's checkpoint to data/checkpoints with a manifest")
+    p = add_command(sub, "ship", help="copy a run's checkpoint to data/checkpoints with a manifest")
     p.add_argument("--run", required=True, help="the run folder (with checkpoint.pt and metrics.jsonl)")
     p.add_argument("--name", required=True, help="e.g. detr_tiny")
     p.add_argument("--data", default="data/shapes")
     p.add_argument("--command", required=True, help="the exact train command that produced the run")
     p.set_defaults(func=cmd_ship)
 
-    p = sub.add_parser("exercises", help="write the exercise stubs into exercises/")
+    p = add_command(sub, "exercises", help="write the exercise stubs into exercises/")
     p.add_argument("--force", action="store_true", help="overwrite files you may have edited")
     p.set_defaults(func=cmd_exercises)
 
-    args = parser.parse_args(argv)
-    args.func(args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -27,11 +27,13 @@ from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 from torchvision.ops import box_convert
 from torchvision.transforms import v2
 
+from .errors import InputError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError, ValueError):
     """A problem in the data on disk; the message names the file and the field."""
 
 
@@ -75,7 +77,8 @@ def validate_coco(ann_file: str | Path, image_dir: str | Path, num_classes: int 
         with open(ann_file) as f:
             coco = json.load(f)
     except json.JSONDecodeError as e:
-        raise DatasetError(f"{ann_file}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from e
+        raise DatasetError(f"{ann_file}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}; fix the file, "
+                           f"or for a shapes set regenerate it (`python -m tutorial data --force`)") from e
     if not isinstance(coco, dict):
         raise DatasetError(f"{ann_file}: expected a JSON object with 'images', 'annotations', 'categories'")
     for key in ("images", "annotations", "categories"):

@@ -14,6 +14,7 @@ from torch import nn
 
 from . import conditional_detr, dab_detr, deformable_detr, dense_detector, detr, dino, dn_detr, rt_detr
 from . import mamba_detector
+from .errors import ConfigError, UnknownModelError
 
 PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
     "detr_r50": (detr.DETR, detr.detr_r50),
@@ -49,7 +50,7 @@ def apply_overrides(cfg, overrides: dict, where: str = "config"):
     changes = {}
     for key, value in overrides.items():
         if key not in names:
-            raise TypeError(f"{where}: unknown field {key!r}; fields are {sorted(names)}")
+            raise ConfigError(f"{where}: unknown field {key!r}; fields are {sorted(names)}")
         current = getattr(cfg, key)
         if isinstance(value, dict) and dataclasses.is_dataclass(current):
             value = apply_overrides(current, value, f"{where}.{key}")
@@ -76,7 +77,7 @@ def config_from_dict(cls, data: dict):
 def model_config(name: str, **overrides):
     """The config `build_model(name, **overrides)` would build."""
     if name not in PRESETS:
-        raise KeyError(f"unknown model {name!r}; choose one of {list_models()}")
+        raise UnknownModelError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
     _, preset = PRESETS[name]
     return apply_overrides(preset(), overrides, where=name)
 

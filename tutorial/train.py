@@ -27,12 +27,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .checkpoint import config_differences, load_checkpoint, save_atomic, saved_config
+from .checkpoint import CheckpointError, config_differences, load_checkpoint, save_atomic, saved_config
 from .dataset import DetectionDataset, collate
 from .distributed import all_reduce_mean, barrier, broadcast_buffers, init_distributed, is_main
 from .evaluate import evaluate
 from .instability import instability, matched_targets
-from .models import build_model
+from .models import build_model, model_config
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -141,17 +141,32 @@ def train_one_epoch(model, criterion, loader, optimizer, scheduler, cfg: TrainCo
     return {k: all_reduce_mean(v / n, device) for k, v in sums.items()}
 
 
+def resume_checkpoint(path: Path, model_cfg) -> dict | None:
+    """The training checkpoint at `path` if there is one, checked against the config to train."""
+    if not path.exists():
+        return None
+    ckpt = load_checkpoint(path)
+    diffs = config_differences(saved_config(ckpt, model_cfg), dataclasses.asdict(model_cfg))
+    if diffs:
+        raise CheckpointError(f"{path}: cannot resume, the model config differs: {'; '.join(diffs)}; "
+                              f"train into another --out, or drop --resume to start again")
+    return ckpt
+
+
 def train(cfg: TrainConfig) -> nn.Module:
     """Train `cfg.model` on `cfg.data`; returns the trained (unwrapped) model."""
     rank, world_size, device = init_distributed()
     seed_everything(cfg.seed + rank)
     out = Path(cfg.out)
-    model = build_model(cfg.model, **cfg.model_overrides).to(device)
-    num_classes = model.cfg.num_classes
+    # Bad input (model name, override, data, checkpoint to resume) fails here, before anything is built.
+    model_cfg = model_config(cfg.model, **cfg.model_overrides)
+    num_classes = model_cfg.num_classes
     train_set = subset(DetectionDataset(cfg.data, "train", train=True, num_classes=num_classes, resize=cfg.resize),
                        cfg.train_images)
     val_set = subset(DetectionDataset(cfg.data, "val", train=False, num_classes=num_classes, resize=cfg.resize),
                      cfg.val_images)
+    ckpt = resume_checkpoint(out / "checkpoint.pt", model_cfg) if cfg.resume else None
+    model = build_model(cfg.model, **cfg.model_overrides).to(device)
     sampler = (torch.utils.data.DistributedSampler(train_set, world_size, rank, seed=cfg.seed)
                if world_size > 1 else torch.utils.data.RandomSampler(
                    train_set, generator=torch.Generator().manual_seed(cfg.seed)))
@@ -169,11 +184,7 @@ def train(cfg: TrainConfig) -> nn.Module:
     previous_matching = None
 
     start_epoch, train_time, cpu_time = 0, 0.0, 0.0
-    if cfg.resume and (out / "checkpoint.pt").exists():
-        ckpt = load_checkpoint(out / "checkpoint.pt")
-        diffs = config_differences(saved_config(ckpt, model), dataclasses.asdict(model.cfg))
-        if diffs:
-            raise ValueError(f"{out / 'checkpoint.pt'}: cannot resume, the model config differs: {'; '.join(diffs)}")
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
