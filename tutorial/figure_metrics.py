@@ -17,6 +17,13 @@ number over the whole val set (`bench/figures.py` writes them, the notebooks quo
   maxima holding at least half the map's maximum) and its spread (the attention-weighted RMS
   distance from the map's maximum, in image-side units). The deck: several centres for DETR, one
   compact centre for DAB-DETR.
+- `anchor_alignment` (the same figure, read for Conditional DETR and DAB-DETR: "one centre, at the
+  reference, as wide and tall as the box"): for each query, decoder layer and head (and the mean
+  of heads), the distance from its positional map's maximum (32 x 32 grid) to its reference
+  point, whether that maximum lies inside the anchor box (DAB-DETR), and the map's mass inside
+  the box divided by the box's share of the image (the box's "lift": 1 = the map ignores the
+  box). Heads specialise: a few follow the anchor, others look elsewhere, so the mean of heads
+  can peak away from the anchor while one head sits on it.
 - `slot_specialisation` (DETR Fig. 7): for each of the first 20 query slots, the share of its
   confident predictions that fall in its dominant mode (small / large horizontal / large
   vertical), against the share of the commonest mode among the val boxes (what a slot that
@@ -191,6 +198,63 @@ def positional_priors(model, dataset, index: int = 0, layer: int = 0, grid: tupl
             "share_single_peak": round(float(np.mean(np.array(peaks) == 1)), 4),
             "median_spread": round(float(np.median(spreads)), 4), "peaks": peaks,
             "spreads": [round(v, 4) for v in spreads]}
+
+
+def box_cells(box: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """box (cx, cy, w, h) normalised -> (h, w) bool: the grid cells whose centre lies in it."""
+    h, w = grid
+    ys, xs = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")  # (h, w) each
+    return (np.abs(xs - box[0]) <= box[2] / 2) & (np.abs(ys - box[1]) <= box[3] / 2)
+
+
+def map_alignment(m: np.ndarray, reference: np.ndarray) -> dict:
+    """One positional map m (h, w) against its reference (x, y) or box (x, y, w, h), normalised ->
+    {"distance": maximum to reference centre (image sides), and for a box "peak_in_box", "lift"}."""
+    h, w = m.shape
+    y0, x0 = np.unravel_index(m.argmax(), m.shape)
+    r = {"distance": float(np.hypot((x0 + 0.5) / w - reference[0], (y0 + 0.5) / h - reference[1]))}
+    if len(reference) == 4:
+        inside = box_cells(reference, (h, w))
+        r["peak_in_box"] = bool(inside[y0, x0])
+        r["lift"] = float(m[inside].sum() / m.sum() / inside.mean()) if inside.any() else float("nan")
+    return r
+
+
+@torch.no_grad()
+def anchor_alignment(model, dataset, images: int = 50, grid: tuple[int, int] = (32, 32)) -> list[dict]:
+    """See the module docstring. Per decoder layer: {"layer" (1-based), "mean_of_heads": stats,
+    "heads": [stats] per head, "best_head"}, where stats = {"maps", "median_distance", and for anchor
+    boxes "share_peak_in_box", "median_lift"} over the first `images` val images. The best head is
+    the one whose maxima fall in the box most often (for points: nearest the reference)."""
+    from .widgets import QueryRunner
+
+    runner, rows = QueryRunner(model.eval(), dataset, grid=grid), {}
+    for i in range(min(images, len(dataset))):
+        r = runner(i)
+        for layer, attention in enumerate(r["positional_attention"]):  # (M, Q, h·w)
+            refs = r["references"][layer].double().numpy()  # (Q, 2 | 4)
+            heads = torch.cat([attention, attention.mean(0, keepdim=True)])  # (M + 1, Q, h·w): the mean last
+            for h, maps in enumerate(heads.reshape(len(heads), -1, *grid).double().numpy()):  # (Q, h, w)
+                rows.setdefault((layer, h), []).extend(map_alignment(m, ref) for m, ref in zip(maps, refs))
+    layers = sorted({layer for layer, _ in rows})
+    num_heads = max(h for _, h in rows)  # the mean sits at index M
+    return [layer_alignment(layer, [alignment_stats(rows[(layer, h)]) for h in range(num_heads + 1)])
+            for layer in layers]
+
+
+def alignment_stats(rows: list[dict]) -> dict:
+    out = {"maps": len(rows), "median_distance": round(float(np.median([r["distance"] for r in rows])), 4)}
+    if rows and "lift" in rows[0]:
+        out["share_peak_in_box"] = round(float(np.mean([r["peak_in_box"] for r in rows])), 4)
+        out["median_lift"] = round(float(np.nanmedian([r["lift"] for r in rows])), 4)
+    return out
+
+
+def layer_alignment(layer: int, stats: list[dict]) -> dict:
+    heads, mean = stats[:-1], stats[-1]
+    key = ((lambda s: s["share_peak_in_box"]) if "share_peak_in_box" in mean else (lambda s: -s["median_distance"]))
+    return {"layer": layer + 1, "mean_of_heads": mean, "heads": heads,
+            "best_head": max(range(len(heads)), key=lambda h: key(heads[h]))}
 
 
 def summary(values: list[float]) -> dict:
