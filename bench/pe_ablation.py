@@ -1,14 +1,15 @@
 """The seed's positional-encoding ablation (DETR Table 3) on shapes, with detr_tiny.
 
-    python bench/pe_ablation.py train --epochs 6 --rows 0 1 2 3 --threads 1   # runs/pe_ablation/row*
-    python bench/pe_ablation.py report --epochs 6 --default-run runs/detr_tiny  # bench/results/pe_ablation.json
+    python bench/pe_ablation.py train --epochs 6 --train-images 2500 --threads 1   # runs/pe_ablation/row*
+    python bench/pe_ablation.py report --epochs 6                                    # bench/results/pe_ablation.json
 
-Each row of `tutorial.detr.PE_ABLATION` trains with the same recipe as the shipped detr_tiny
-(`--lr 2e-4 --lr-backbone 2e-4`, batch 16, seed 42, the learning rate still undropped: `--lr-drop
-60`) for the same number of epochs; only where (and whether) positions enter differs. The last row
-is detr_tiny's default, so `--default-run` may take it from the shipped model's own run (the same
-command up to that epoch) instead of training it again. The paper trained 300 epochs on COCO;
-these are short CPU runs, so read the table for its ordering, not its absolute numbers.
+Each row of `tutorial.detr.PE_ABLATION` trains with the first phase of the shipped detr_tiny's
+recipe (pretrained resnet_tiny backbone, `--lr 2e-4 --lr-backbone 1e-4`, batch 16, seed 42, bf16
+autocast, the learning rate still undropped: `--lr-drop 60`, epochs of the first `--train-images`
+train images) for the same number of epochs; only where (and whether) positions enter differs.
+The last row is detr_tiny's default, so `--default-run` may take it from another run of the same
+command instead of training it again. The paper trained 300 epochs on COCO; these are short CPU
+runs, so read the table for its ordering, not its absolute numbers.
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--rows", type=int, nargs="*", default=None, help="train only these row numbers (0-4)")
+    p.add_argument("--train-images", type=int, default=None, help="epochs of the first N train images")
+    p.add_argument("--amp", choices=["fp32", "bf16"], default="bf16")
     p.add_argument("--runs-dir", default="runs/pe_ablation")
     p.add_argument("--default-run", default=None,
                    help="report: take the default (last) row from this detr_tiny run at the same epoch")
@@ -52,10 +55,12 @@ def main() -> None:
             if args.rows is not None and i not in args.rows:
                 continue
             cmd = [sys.executable, "-m", "tutorial", "train", "--model", "detr_tiny", "--out", str(run_dir(runs, i)),
-                   "--epochs", str(args.epochs), "--lr-drop", "60", "--lr", "2e-4", "--lr-backbone", "2e-4",
-                   "--workers", "1",
-                   "--eval-every", "2", "--no-progress", "--model-overrides", json.dumps(overrides)]
+                   "--epochs", str(args.epochs), "--lr-drop", "60", "--lr", "2e-4", "--lr-backbone", "1e-4",
+                   "--batch-size", "16", "--workers", "0", "--amp", args.amp, "--eval-every", "2", "--no-progress",
+                   "--model-overrides", json.dumps(overrides)]
             cmd += ["--threads", str(args.threads)] if args.threads else []
+            cmd += ["--train-images", str(args.train_images)] if args.train_images else []
+            cmd += ["--resume"] if (run_dir(runs, i) / "checkpoint.pt").exists() else []
             print(" | ".join(row), ":", " ".join(cmd))
             subprocess.run(cmd, check=True, cwd=ROOT)
         return
@@ -73,7 +78,8 @@ def main() -> None:
                      "seed_AP": seed_ap, "seed_AP50": seed_ap50, "overrides": PE_ABLATION[row],
                      "run": str(source)})
         print(rows[-1])
-    write_json("pe_ablation", {"model": "detr_tiny", "rows": rows})
+    write_json("pe_ablation", {"model": "detr_tiny", "command": " ".join(["python bench/pe_ablation.py"] + sys.argv[1:]),
+                               "rows": rows})
 
 
 if __name__ == "__main__":
