@@ -1,6 +1,7 @@
 """Helpers shared by the benchmarks: machine description, JSON output, round-robin timing."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -18,6 +19,32 @@ def machine() -> dict:
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "date": time.strftime("%Y-%m-%d")}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_stamp(path: Path) -> dict:
+    """Which checkpoint a result came from: {"path", "sha256"} of the file, and its manifest's
+    "git_commit" (the commit it was shipped at), so `tests/test_results_provenance.py` can tell a
+    results file computed from an older checkpoint."""
+    path = Path(path)
+    manifest = path.with_suffix(".json")
+    commit = json.loads(manifest.read_text()).get("git_commit") if manifest.exists() else None
+    root = RESULTS.parent.parent
+    where = path.resolve().relative_to(root) if path.resolve().is_relative_to(root) else path
+    return {"path": str(where), "sha256": file_sha256(path), "git_commit": commit}
+
+
+def read_previous(name: str) -> dict:
+    """bench/results/<name>.json as last written, or {}."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def write_json(name: str, payload: dict) -> Path:

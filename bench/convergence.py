@@ -93,10 +93,14 @@ def report(runs: list[Path], out_name: str = "convergence") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bench.common import RESULTS, write_json
+    from bench.common import RESULTS, read_previous, write_json
 
-    curves = {}
+    curves, previous = {}, read_previous(out_name).get("curves", {})
     for run in runs:
+        if not (run / "metrics.jsonl").exists() and run.name in previous:
+            print(f"{run}/metrics.jsonl is not here: keeping {run.name}'s curve from bench/results/{out_name}.json")
+            curves[run.name] = previous[run.name]
+            continue
         curve = read_curve(run)
         for r in curve:  # runs that did not record their CPU time: one idle core's, from the measured speed
             if "cpu_time" not in r:

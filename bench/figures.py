@@ -9,11 +9,15 @@ What is measured (see `tutorial/figure_metrics.py` for the definitions):
 - detr_tiny, conditional_detr_tiny, dab_detr_tiny: the positional priors of their learned queries
   (DAB-DETR Fig. 2): peaks per first-layer positional map and its spread (each checkpoint's
   training set is reported beside it);
+- conditional_detr_tiny, dab_detr_tiny, dn_detr_tiny: where each positional map peaks against its
+  reference, per decoder layer and head (`anchor_alignment`, notebook 04's table);
 - convergence (Deformable DETR Table 1's story): the first epoch and one-core CPU time at which
   deformable_detr_tiny reaches detr_tiny's final AP, from the two manifests' AP curves;
 - pretraining (the deck's "slow convergence", measured): val AP of detr_tiny with and without the
-  shipped backbone pretraining at equal one-core CPU time, from `runs/` folders when present.
+  shipped backbone pretraining at equal one-core CPU time, from `runs/` folders when present
+  (else the previous figures.json's numbers are kept, and it says so).
 A checkpoint trained on another set than the one named by `--data` is reported and skipped.
+Every entry computed from a checkpoint records its `checkpoint_stamp` (file hash and commit).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import write_json  # noqa: E402
+from bench.common import checkpoint_stamp, read_previous, write_json  # noqa: E402
 from tutorial import figure_metrics as fm  # noqa: E402
 from tutorial.checkpoint import load_model  # noqa: E402
 from tutorial.dataset import DetectionDataset  # noqa: E402
@@ -45,7 +49,7 @@ def detr_figures(data: str, images: int) -> dict:
         return {"skipped": f"data/checkpoints/detr_tiny was trained on {m and m.get('data')}, not {data}"}
     model = load_model(CHECKPOINTS / "detr_tiny.pt")
     val = DetectionDataset(ROOT / data, "val", num_classes=model.cfg.num_classes)
-    return {"val_metrics": m["val_metrics"], "images": images,
+    return {"checkpoint": checkpoint_stamp(CHECKPOINTS / "detr_tiny.pt"), "val_metrics": m["val_metrics"], "images": images,
             "encoder_instance_lift": fm.encoder_instance_lift(model, val, images),
             "decoder_outline_lift": fm.decoder_outline_lift(model, val, images),
             "slot_specialisation": fm.slot_specialisation(model, val)}
@@ -59,7 +63,22 @@ def positional_priors(data: str) -> dict:
             continue
         model = load_model(CHECKPOINTS / f"{name}.pt")
         val = DetectionDataset(ROOT / data, "val", num_classes=model.cfg.num_classes)
-        out[name] = {"trained_on": m.get("data"), "val_metrics": m["val_metrics"], **fm.positional_priors(model, val)}
+        out[name] = {"checkpoint": checkpoint_stamp(CHECKPOINTS / f"{name}.pt"), "trained_on": m.get("data"),
+                     "val_metrics": m["val_metrics"], **fm.positional_priors(model, val)}
+    return out
+
+
+def anchor_alignment(data: str, images: int) -> dict:
+    out = {}
+    for name in ("conditional_detr_tiny", "dab_detr_tiny", "dn_detr_tiny"):
+        m = manifest(name)
+        if m is None or m.get("data") != data:
+            out[name] = {"skipped": f"data/checkpoints/{name} was trained on {m and m.get('data')}, not {data}"}
+            continue
+        model = load_model(CHECKPOINTS / f"{name}.pt")
+        val = DetectionDataset(ROOT / data, "val", num_classes=model.cfg.num_classes)
+        out[name] = {"checkpoint": checkpoint_stamp(CHECKPOINTS / f"{name}.pt"), "images": images,
+                     "layers": fm.anchor_alignment(model, val, images)}
     return out
 
 
@@ -91,6 +110,10 @@ def pretraining(runs: dict[str, Path]) -> dict:
     """AP against one-core CPU time, with and without pretraining, and AP at their common CPU time."""
     curves = {k: curve(p) for k, p in runs.items() if (p / "metrics.jsonl").exists()}
     if len(curves) < 2:
+        kept = read_previous("figures").get("pretraining", {})
+        if "curves" in kept:
+            print("pretraining: the runs are not here; keeping the previous figures.json's numbers")
+            return {**kept, "kept_from_previous_report": True}
         return {"skipped": f"needs both runs: {', '.join(str(p) for p in runs.values())}"}
     common = min(c[-1]["cpu_time"] for c in curves.values())
     at = {k: max((r for r in c if r["cpu_time"] <= common + 1), key=lambda r: r["cpu_time"]) for k, c in curves.items()}
@@ -107,6 +130,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     result = {"detr_tiny": detr_figures(args.data, args.images), "positional_priors": positional_priors(args.data),
+              "anchor_alignment": anchor_alignment(args.data, min(args.images, 50)),
               "convergence": convergence(),
               "pretraining": pretraining({"pretrained": ROOT / args.pretrained_run,
                                           "scratch": ROOT / args.scratch_run})}

@@ -151,11 +151,13 @@ def depth_rows(model: nn.Module, dataset, batch_size: int = 16) -> list[dict]:
 
 def manifest(path: Path) -> dict:
     """What the checkpoint's manifest says about its training (command, epochs, val metrics)."""
-    m, where = path.with_suffix(".json"), str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+    from bench.common import checkpoint_stamp
+
+    m, stamp = path.with_suffix(".json"), checkpoint_stamp(path)
     if not m.exists():
-        return {"path": where, "manifest": None}
+        return {**stamp, "manifest": None}
     data = json.loads(m.read_text())
-    return {"path": where, "command": data.get("command"), "epochs": data.get("epochs"),
+    return {**stamp, "command": data.get("command"), "epochs": data.get("epochs"),
             "val_metrics": data.get("val_metrics")}
 
 
