@@ -191,6 +191,161 @@ def test_box_modes_follow_the_slot_figure_colours():
     assert plots.box_modes(boxes, sizes).tolist() == [0, 1, 2]
 
 
+# --- figures a person can read: colourbars, the image control, labels that do not collide --------
+
+
+def colourbars(fig):
+    """The Axes matplotlib made for a figure's colourbars, in the order they were added."""
+    return [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+
+
+def test_attention_figures_share_one_labelled_colour_scale_after_their_panels(runner):
+    r = runner(0)
+    hf, wf = r["feature_size"]
+    attention = r["encoder_attention"][-1].mean(0)  # (N, N)
+    points = [(0, 0), (hf - 1, wf - 1)]
+    fig = plots.plot_encoder_attention(r["image"], attention, points, (hf, wf), r["feature_mask"], r["size"])
+    assert [ax.get_title() for ax in fig.axes[1:3]] == ["point (0, 0)", f"point ({hf - 1}, {wf - 1})"]
+    (bar,) = colourbars(fig)
+    assert fig.axes[3] is bar and f"softmax over {hf * wf} cells" in bar.get_ylabel()
+    vmax = max(float(attention[y * wf + x].max()) for y, x in points)
+    assert [ax.images[1].get_clim() for ax in fig.axes[1:3]] == [pytest.approx((0.0, vmax))] * 2
+
+    queries = [0, 3, 5]
+    fig = plots.plot_decoder_attention(r["image"], r["decoder_attention"][-1].mean(0), queries, r["boxes"],
+                                       r["labels"], r["scores"], (hf, wf), r["feature_mask"], r["size"], ncols=2)
+    assert len(fig.axes) == 5 and colourbars(fig) == [fig.axes[4]]  # 2 x 2 panels, then the colourbar
+    assert fig.axes[0].get_title().startswith("query 0:")
+
+
+def test_positional_maps_keep_their_panel_indices_and_say_what_colour_means():
+    torch.manual_seed(0)
+    image = torch.randn(3, 40, 60)
+    maps = {"a": torch.rand(4, 12).softmax(-1), "b": torch.rand(4, 12).softmax(-1)}  # (Q, h·w), h, w = 3, 4
+    fig = plots.plot_positional_maps(image, maps, [0, 2, 3], (3, 4))
+    for r, name in enumerate(maps):
+        for c, q in enumerate([0, 2, 3]):
+            ax = fig.axes[r * 3 + c]  # the documented contract
+            drawn = np.asarray(ax.images[1].get_array())
+            np.testing.assert_allclose(drawn, maps[name][q].reshape(3, 4).numpy(), rtol=1e-6)
+            assert ax.images[1].get_clim() == pytest.approx((0.0, float(maps[name][q].max())))
+    assert colourbars(fig) == [fig.axes[6]] and "panel's max" in fig.axes[6].get_ylabel()
+
+
+def test_encoder_stage_panels_each_get_a_colourbar_after_all_panels():
+    torch.manual_seed(0)
+    image = torch.randn(3, 64, 64)
+    stages = {"projected": [torch.rand(8, 8, 8), torch.rand(8, 4, 4)], "after AIFI": [None, torch.rand(8, 4, 4)]}
+    fig = plots.plot_encoder_stages(image, stages)
+    np.testing.assert_allclose(np.asarray(fig.axes[1 * 2 + 1].images[1].get_array()),
+                               stages["after AIFI"][1].norm(dim=0).numpy(), rtol=1e-6)  # panel (r, l) = r·L + l
+    assert fig.axes[4:] == colourbars(fig) and len(colourbars(fig)) == 3  # one per drawn panel, none for None
+    assert all("‖x‖₂" in bar.get_ylabel() for bar in colourbars(fig))
+
+
+def test_image_control_is_wide_and_its_buttons_and_box_move_the_image(model, val_set, runner):
+    import ipywidgets
+
+    from tutorial import widgets
+
+    view = ImageBrowser(val_set, index=0)
+    slider = view.controls["index"]
+    assert slider.layout.width == widgets.IMAGE_SLIDER_WIDTH and int(slider.layout.width.rstrip("px")) >= 400
+    picker = view.image_picker()
+    assert view.widget.children[0] is picker and picker is view.image_picker()  # built once, shown first
+    _, previous, following, box = picker.children
+    assert isinstance(box, ipywidgets.BoundedIntText) and box.max == len(val_set) - 1
+    box.value = 7  # typed in the box: the view shows image 7
+    assert slider.value == 7
+    np.testing.assert_allclose(drawn_image(view.figure.axes[0]), plots.denormalize(val_set[7][0]), atol=1e-6)
+    following.click()
+    assert slider.value == box.value == 8
+    previous.click()
+    previous.click()
+    assert slider.value == box.value == 6
+    slider.value = 0
+    previous.click()  # stops at the ends
+    assert slider.value == 0
+    slider.value = slider.max
+    following.click()
+    assert slider.value == len(val_set) - 1
+    for other in (MatchingView(model, val_set, runner=runner), EncoderAttentionView(model, val_set, runner=runner),
+                  DecoderAttentionView(model, val_set, runner=runner)):
+        assert other.controls["index"].layout.width == widgets.IMAGE_SLIDER_WIDTH
+        assert other.widget.children[0].children[0] is other.controls["index"]
+
+
+def test_views_label_their_attention_colours(model, val_set, runner):
+    view = EncoderAttentionView(model, val_set, index=0, runner=runner)
+    hf, wf = runner(0)["feature_size"]
+    assert colourbars(view.figure) == [view.figure.axes[2]]
+    assert f"softmax over {hf * wf} cells" in view.figure.axes[2].get_ylabel()
+    assert view.overlay.get_clim()[0] == 0.0
+    view = DecoderAttentionView(model, val_set, index=0, threshold=0.0, runner=runner)
+    assert len(colourbars(view.figure)) == 1
+    assert len(view.figure.axes[0].texts) == 1  # only the chosen query is captioned: no pile of labels
+
+
+def test_box_captions_at_the_top_of_the_view_go_inside_the_box():
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot()
+    plots.show_image(ax, torch.zeros(3, 100, 100))
+    plots.draw_boxes(ax, [[10, 1, 50, 40], [10, 50, 50, 90]], labels=[1, 2])
+    assert [t.get_verticalalignment() for t in ax.texts] == ["top", "bottom"]
+
+
+def drawn_extents(fig, texts):
+    """Where the texts (annotations included, without their leader lines) land once the figure is drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    return [Text.get_window_extent(t, renderer) for t in texts]
+
+
+def latency_row(ms, ap, **extra):
+    return {"latency": {"median_ms": ms, "p25_ms": ms - 0.5, "p75_ms": ms + 0.5}, "AP": ap, **extra}
+
+
+def test_speed_accuracy_labels_of_close_points_do_not_overlap():
+    from matplotlib.figure import Figure
+
+    report = {"rtdetr_depth": [latency_row(37 + 4.5 * k, 0.009 + 0.0006 * k, decoder_layers=k + 1) for k in range(3)],
+              "nms": {"by_confidence": [latency_row(48.6 + 0.3 * k, 0.0397, score_threshold=t)
+                                        for k, t in enumerate((0.001, 0.01, 0.05, 0.1))]
+                      + [latency_row(47.2, 0.0393, score_threshold=0.25)]},
+              "dino": latency_row(72.5, 0.0)}
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    plots.plot_speed_accuracy(ax, report)
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == sorted(["Dec1", "Dec2", "Dec3", "0.001", "0.01", "0.05", "0.1", "0.25"])
+    boxes = drawn_extents(fig, ax.texts)
+    clashes = [(a.get_text(), b.get_text()) for i, (a, ba) in enumerate(zip(ax.texts, boxes))
+               for b, bb in zip(ax.texts[i + 1:], boxes[i + 1:]) if ba.overlaps(bb)]
+    assert not clashes
+    assert ax.get_ylabel() == "AP (%)"
+
+
+def test_nms_sweep_writes_ap_in_percent_clear_of_the_time_line():
+    from matplotlib.figure import Figure
+
+    rows = [{"iou_threshold": t, "AP": ap, "nms_ms": ms}
+            for t, ap, ms in ((0.5, 0.044, 0.05), (0.7, 0.040, 1.6), (0.9, 0.019, 3.1))]
+    fig = Figure(figsize=(5, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    plots.plot_nms_sweep(ax, rows, "iou_threshold")
+    assert [t.get_text() for t in ax.texts] == ["4.4", "4.0", "1.9"] and ax.get_ylabel() == "AP (%)"
+    twin = fig.axes[1]
+    assert min(twin.get_yticks()) >= 0  # no negative times on the axis
+    boxes = drawn_extents(fig, ax.texts)
+    line = twin.lines[0]
+    marks = twin.transData.transform(line.get_xydata())  # (3, 2) display
+    assert not any(b.x0 - 4 <= x <= b.x1 + 4 and b.y0 - 4 <= y <= b.y1 + 4 for b in boxes for x, y in marks)
+
+
 # --- Deformable DETR's sampling points ---------------------------------------------------------
 
 
@@ -243,6 +398,9 @@ def test_sampling_view_draws_the_chosen_decoder_querys_points_on_every_level(def
     np.testing.assert_allclose(xy, (locations[1, 3] * torch.tensor([w, h])).numpy(), rtol=1e-5, atol=1e-4)
     colours = np.asarray(view.figure.axes[3].collections[0].get_array())
     np.testing.assert_allclose(colours, weights[1, 3].numpy(), rtol=1e-5)
+    bars = colourbars(view.figure)
+    assert view.figure.axes[4:] == bars and len(bars) == 1 and "head 1" in bars[0].get_ylabel()
+    assert view.widget.children[0] is view.image_picker()
 
 
 def test_sampling_view_draws_the_chosen_encoder_pixel_and_fits_the_sliders(deformable_model, val_set):
@@ -335,6 +493,8 @@ def test_positional_view_fits_queries_to_the_model_and_draws_finer_grids(anchor_
     expected = positional_attention(out["spatial_queries"][0], keys, 4)[0].mean(0)[5].reshape(12, 10)
     np.testing.assert_allclose(overlay_values(view), expected.numpy(), rtol=1e-5, atol=1e-7)
     assert r["grid_size"] == (12, 10) and r["references"][0].shape == (6, 4)
+    assert view.widget.children[0] is view.image_picker()
+    assert len(colourbars(view.figure)) == 2  # the positional map's and the cross-attention's
 
 
 # --- query denoising (notebook 05) ----------------------------------------------------------------
@@ -405,7 +565,9 @@ def test_dn_attention_mask_figure_and_curves(tmp_path):
     assert set(curves) == {"a", "b"} and sources == {"a": str(manifests / "a.json"), "b": str(report)}
     fig = plots.plot_instability_and_ap(curves)
     ax_is, ax_ap = fig.axes[:2]
-    assert [tuple(line.get_xydata()[:, 1]) for line in ax_ap.lines] == [(0.1, 0.2), (0.1, 0.4)]
+    ap_drawn = [tuple(line.get_xydata()[:, 1]) for line in ax_ap.lines]
+    assert ap_drawn == [pytest.approx((10, 20)), pytest.approx((10, 40))]  # the fractions, drawn in %
+    assert ax_ap.get_ylabel() == "val AP (%)"
     assert len(ax_is.lines) == 1 and tuple(ax_is.lines[0].get_xydata()[0]) == (2, 7)  # IS^i at epoch i = 2
     assert "a" in ax_is.texts[0].get_text()  # a run without IS is named, not drawn
 

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.axes import Axes
-from matplotlib.colors import ListedColormap
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.lines import Line2D
@@ -104,9 +105,12 @@ def show_image(ax: Axes, image, size=None, title: str | None = None) -> AxesImag
 
 def draw_boxes(ax: Axes, boxes, labels=None, scores=None, colours=None, linestyle: str = "-",
                linewidth: float = 1.5, text: bool = True, fontsize: float = 7) -> list[Rectangle]:
-    """Draw (n, 4) xyxy pixel boxes, captioned "name" or "name 0.93" when scores are given.
-    Returns the Rectangle patches (in box order)."""
+    """Draw (n, 4) xyxy pixel boxes, captioned "name" or "name 0.93" when scores are given: above
+    the box's top-left corner, or just inside it when the box reaches the top of the view (where a
+    caption above would be cut off). Returns the Rectangle patches (in box order)."""
     boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).tolist()
+    top = min(ax.get_ylim())  # images are drawn y down: the smallest y is the top of the view
+    room = 0.06 * abs(ax.get_ylim()[1] - ax.get_ylim()[0])  # about one caption's height
     patches = []
     for i, (x0, y0, x1, y1) in enumerate(boxes):
         label = None if labels is None else int(labels[i])
@@ -119,8 +123,8 @@ def draw_boxes(ax: Axes, boxes, labels=None, scores=None, colours=None, linestyl
             caption = class_name(label) if label is not None else ""
             if scores is not None:
                 caption = f"{caption} {float(scores[i]):.2f}".strip()
-            ax.text(x0, y0, caption, fontsize=fontsize, color="white", va="bottom", ha="left", clip_on=True,
-                    bbox=dict(facecolor=colour, edgecolor="none", pad=0.5, alpha=0.8))
+            ax.text(x0, y0, caption, fontsize=fontsize, color="white", va="top" if y0 - top < room else "bottom",
+                    ha="left", clip_on=True, bbox=dict(facecolor=colour, edgecolor="none", pad=0.5, alpha=0.8))
     return patches
 
 
@@ -232,9 +236,11 @@ def plot_dataset_statistics(stats: dict, fig: Figure | None = None) -> Figure:
 
 
 def plot_cost_matrix(ax: Axes, cost, pred_idx=None, tgt_idx=None, title: str | None = None,
-                     col_labels: list[str] | None = None, cmap: str = "viridis") -> AxesImage:
+                     col_labels: list[str] | None = None, cmap: str = "viridis",
+                     label: str = "cost (lower: a better match)") -> AxesImage:
     """A (Q, n) cost matrix as a heatmap (rows: predictions, columns: targets); the assignment
-    (pred_idx[k], tgt_idx[k]) is outlined in white. Seed: the "Set Prediction" formulas."""
+    (pred_idx[k], tgt_idx[k]) is outlined in white; a colourbar labelled `label` beside it.
+    Seed: the "Set Prediction" formulas."""
     cost = np.asarray(torch.as_tensor(cost).detach().cpu(), dtype=float)  # (Q, n)
     im = ax.imshow(cost, cmap=cmap, aspect="auto", interpolation="nearest")
     if pred_idx is not None:
@@ -247,7 +253,7 @@ def plot_cost_matrix(ax: Axes, cost, pred_idx=None, tgt_idx=None, title: str | N
         ax.set_xticklabels(col_labels, rotation=90, fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
-    ax.figure.colorbar(im, ax=ax, shrink=0.8)
+    add_colourbar(im, ax, label)
     return im
 
 
@@ -285,10 +291,10 @@ def plot_position_encoding(pos: Tensor, channels: list[int], mask: Tensor | None
     d..2d-1 encode x), with padded cells (mask (H_f, W_f) True) painted grey."""
     pos = pos.detach().cpu()
     d = pos.shape[0] // 2
-    fig = fig or Figure(figsize=(2.2 * len(channels), 2.4), layout="constrained")
+    fig = fig or Figure(figsize=(2.2 * len(channels) + 0.6, 2.4), layout="constrained")
     axes = fig.subplots(1, len(channels), squeeze=False)[0]
     for ax, c in zip(axes, channels):
-        ax.imshow(pos[c].numpy(), cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest")
+        im = ax.imshow(pos[c].numpy(), cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest")
         if mask is not None:  # padding cells painted grey over the encoding
             pad = np.asarray(mask, dtype=bool)
             ax.imshow(np.ma.masked_where(~pad, pad.astype(float)), cmap=ListedColormap(["0.6"]),
@@ -297,6 +303,8 @@ def plot_position_encoding(pos: Tensor, channels: list[int], mask: Tensor | None
         ax.set_title(f"channel {c}: {'sin' if k % 2 == 0 else 'cos'} of {axis}, k={k // 2}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
+    if channels:
+        add_colourbar(im, axes, "PE value (sin or cos, -1 to 1)" + ("; grey: padding" if mask is not None else ""))
     return fig
 
 
@@ -309,14 +317,42 @@ def cell_centre(y: int, x: int, feature_size, image_shape) -> tuple[float, float
     return (x + 0.5) * w / wf, (y + 0.5) * h / hf
 
 
+def add_colourbar(mappable, axes, label: str):
+    """A colourbar for `mappable` beside `axes` (one Axes, or several that share its colour scale),
+    labelled with what its colour means. matplotlib appends the colourbar's own Axes to `fig.axes`
+    after the panels already there, so the figures below add theirs once every panel exists: panel
+    indices such as `fig.axes[l]` stay those of the panels. Returns the Colorbar."""
+    many = not isinstance(axes, Axes)
+    target = [a for a in np.ravel(np.asarray(axes, dtype=object))] if many else axes
+    cbar = (target[0] if many else target).figure.colorbar(mappable, ax=target, shrink=0.8)
+    cbar.set_label(label, fontsize=8)
+    cbar.ax.tick_params(labelsize=7)
+    return cbar
+
+
+def attention_label(num_keys: int, what: str = "attention weight") -> str:
+    """The colourbar label of a softmax map over num_keys cells: what its number is, and uniform's value."""
+    return f"{what} (softmax over {num_keys} cells;\nuniform = 1/{num_keys} = {1 / max(num_keys, 1):.3f})"
+
+
+def valid_cells(attention, feature_mask=None) -> int:
+    """How many cells of an (H_f, W_f) map are keys: those not padding (feature_mask True)."""
+    if feature_mask is None:
+        return int(np.prod(torch.as_tensor(attention).shape[-2:]))
+    return int((~torch.as_tensor(feature_mask, dtype=torch.bool)).sum())
+
+
 def attention_overlay(ax: Axes, image, attention, feature_mask=None, size=None, alpha: float = 0.6,
-                      cmap: str = "inferno", title: str | None = None) -> AxesImage:
+                      cmap: str = "inferno", title: str | None = None, vmin: float | None = None,
+                      vmax: float | None = None, colourbar: str | None = None) -> AxesImage:
     """Overlay an attention map (H_f, W_f) on the (padded) image (3, H, W) it was computed from.
 
     Each feature cell covers an (H / H_f) x (W / W_f) square, as the backbone's downsampled
     padding mask assigns it; cells with feature_mask (H_f, W_f) True are padding and stay
-    transparent (they get no attention anyway). Returns the overlay's AxesImage, whose
-    `get_array()` is the map drawn. Seed: the encoder and decoder attention figures.
+    transparent (they get no attention anyway). The colours run from vmin to vmax (default: the
+    map's own range); with `colourbar` (its label) a colourbar is drawn beside this panel.
+    Returns the overlay's AxesImage, whose `get_array()` is the map drawn. Seed: the encoder and
+    decoder attention figures.
     """
     img = denormalize(image)  # (H, W, 3)
     height, width = img.shape[:2]
@@ -324,7 +360,11 @@ def attention_overlay(ax: Axes, image, attention, feature_mask=None, size=None, 
     attn = np.asarray(torch.as_tensor(attention).detach().cpu(), dtype=float)  # (H_f, W_f)
     if feature_mask is not None:
         attn = np.ma.masked_where(np.asarray(feature_mask, dtype=bool), attn)  # (H_f, W_f)
-    return ax.imshow(attn, extent=(0, width, height, 0), alpha=alpha, cmap=cmap, interpolation="nearest")
+    im = ax.imshow(attn, extent=(0, width, height, 0), alpha=alpha, cmap=cmap, interpolation="nearest",
+                   vmin=vmin, vmax=vmax)
+    if colourbar:
+        add_colourbar(im, ax, colourbar)
+    return im
 
 
 def plot_encoder_attention(image, attention: Tensor, points: list[tuple[int, int]], feature_size,
@@ -333,20 +373,24 @@ def plot_encoder_attention(image, attention: Tensor, points: list[tuple[int, int
 
     attention (N, N) one encoder layer's weights (one head or the mean over heads) of one image,
     N = H_f·W_f; points: reference cells (y, x). Left: the image with the points; then, for each
-    point, the row of `attention` it owns (where that token looks) over the image.
+    point, the row of `attention` it owns (where that token looks) over the image. The maps share
+    one colour scale, from 0 to the largest weight drawn, and one colourbar (the last Axes).
     """
     hf, wf = feature_size
     img = denormalize(image)  # (H, W, 3)
-    fig = fig or Figure(figsize=(2.6 * (len(points) + 1), 2.9), layout="constrained")
+    fig = fig or Figure(figsize=(2.6 * (len(points) + 1) + 0.6, 2.9), layout="constrained")
     axes = fig.subplots(1, len(points) + 1, squeeze=False)[0]
     show_image(axes[0], img, size, "reference points")
-    for k, ((y, x), ax) in enumerate(zip(points, axes[1:])):
+    rows = [torch.as_tensor(attention)[y * wf + x].reshape(hf, wf) for y, x in points]  # each (H_f, W_f)
+    vmax = max((float(r.max()) for r in rows), default=1.0)
+    for k, ((y, x), row, ax) in enumerate(zip(points, rows, axes[1:])):
         px, py = cell_centre(y, x, feature_size, img.shape[:2])
         colour = PALETTE[k % len(PALETTE)]
         axes[0].plot(px, py, marker="o", markersize=8, color=colour, markeredgecolor="white")
-        row = torch.as_tensor(attention)[y * wf + x].reshape(hf, wf)  # (H_f, W_f)
-        attention_overlay(ax, img, row, feature_mask, size, title=f"point ({y}, {x})")
+        im = attention_overlay(ax, img, row, feature_mask, size, title=f"point ({y}, {x})", vmin=0.0, vmax=vmax)
         ax.plot(px, py, marker="o", markersize=6, color=colour, markeredgecolor="white")
+    if rows:
+        add_colourbar(im, axes[1:], attention_label(valid_cells(rows[0], feature_mask)))
     return fig
 
 
@@ -356,21 +400,25 @@ def plot_decoder_attention(image, attention: Tensor, queries: list[int], boxes, 
 
     attention (Q, N) one decoder layer's cross-attention (one head or the mean) of one image;
     boxes (Q, 4) xyxy pixels, labels (Q,), scores (Q,): the predictions. One panel per query in
-    `queries`: where that object query looks in the image, with its predicted box.
+    `queries`: where that object query looks in the image, with its predicted box. The maps share
+    one colour scale, from 0 to the largest weight drawn, and one colourbar (the last Axes).
     """
     hf, wf = feature_size
     img = denormalize(image)  # (H, W, 3)
     nrows = max(math.ceil(len(queries) / ncols), 1)
     ncols = min(ncols, max(len(queries), 1))
-    fig = fig or Figure(figsize=(2.8 * ncols, 3.0 * nrows), layout="constrained")
+    fig = fig or Figure(figsize=(2.8 * ncols + 0.8, 3.0 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for q, ax in zip(queries, axes):
-        row = torch.as_tensor(attention)[q].reshape(hf, wf)  # (H_f, W_f)
-        attention_overlay(ax, img, row, feature_mask, size,
-                          title=f"query {q}: {class_name(labels[q])} {float(scores[q]):.2f}")
+    rows = [torch.as_tensor(attention)[q].reshape(hf, wf) for q in queries]  # each (H_f, W_f)
+    vmax = max((float(r.max()) for r in rows), default=1.0)
+    for q, row, ax in zip(queries, rows, axes):
+        im = attention_overlay(ax, img, row, feature_mask, size, vmin=0.0, vmax=vmax,
+                               title=f"query {q}: {class_name(labels[q])} {float(scores[q]):.2f}")
         draw_boxes(ax, torch.as_tensor(boxes)[q:q + 1], colours=["cyan"], text=False)
     for ax in axes[len(queries):]:
         ax.axis("off")
+    if rows:
+        add_colourbar(im, axes, attention_label(valid_cells(rows[0], feature_mask)))
     return fig
 
 
@@ -553,7 +601,9 @@ def plot_sampling_points(image, locations: Tensor, weights: Tensor, spatial_shap
     refinement, App. A.4); head "all" or an int. One panel per level: the image with that level's
     cell grid (`show_level`), the sampling points (size ∝ weight; colour = head, or ∝ weight for one
     head), the reference point (white cross) and box (dashed). Panel l's scatter is `fig.axes[l].collections[0]`, its points in
-    (m, p) order (only head `head`'s P points when one head is drawn).
+    (m, p) order (only head `head`'s P points when one head is drawn); with one head, a colourbar
+    for the weights follows the L panels. A point outside [0, 1]² is off its level's map: it reads
+    zeros there (`off_map`), so the panels, cropped to the image, do not show it and titles count them.
     """
     loc = torch.as_tensor(locations).detach().cpu()  # (M, L, P, 2)
     w = torch.as_tensor(weights).detach().cpu()  # (M, L, P)
@@ -577,7 +627,7 @@ def plot_sampling_points(image, locations: Tensor, weights: Tensor, spatial_shap
         style = sampling_point_style(w[:, lvl], "all" if head == "all" else 0)
         if head != "all":
             style["vmax"] = vmax
-        ax.scatter(xy[:, 0] * width, xy[:, 1] * height, **style)
+        points = ax.scatter(xy[:, 0] * width, xy[:, 1] * height, **style)
         if reference_box is not None:
             box = boxes_to_pixels(torch.as_tensor(reference_box).detach().cpu()[None], (height, width))  # (1, 4)
             draw_boxes(ax, box, colours=["white"], linestyle="--", linewidth=1, text=False)
@@ -589,6 +639,9 @@ def plot_sampling_points(image, locations: Tensor, weights: Tensor, spatial_shap
         handles = [Line2D([], [], marker="o", linestyle="", color=PALETTE[m % len(PALETTE)], label=f"head {m}")
                    for m in range(loc.shape[0])]
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=7)
+    else:
+        add_colourbar(points, axes, f"attention weight A of head {head}\n(its {w.shape[1] * w.shape[2]} "
+                                    "weights, all levels, sum to 1)")
     return fig
 
 
@@ -691,7 +744,8 @@ def plot_positional_maps(image, maps: dict, queries, grid_size: tuple[int, int],
     every row or {name: list}; references {name: (Q, 2|4) normalised, or None} each query's
     reference point or anchor box, drawn white (`draw_reference`). Panel (row r, column c) is
     `fig.axes[r * len(columns) + c]`; its overlay's array is the map drawn. Each panel's colours
-    run from 0 to that map's own maximum (its title gives max / uniform = max · h·w)."""
+    run from 0 to that map's own maximum (its title gives max / uniform = max · h·w), so the one
+    colourbar, the last Axes, after every panel, reads as a fraction of the panel's maximum."""
     names = list(maps)
     per_row = {n: list(queries[n] if isinstance(queries, dict) else queries) for n in names}
     ncols = max(len(q) for q in per_row.values())
@@ -706,13 +760,15 @@ def plot_positional_maps(image, maps: dict, queries, grid_size: tuple[int, int],
                 continue
             q = per_row[name][c]
             m = torch.as_tensor(maps[name])[q].detach().cpu().reshape(h, w)  # (h, w)
-            attention_overlay(ax, img, m, size=size, alpha=0.75,
+            attention_overlay(ax, img, m, size=size, alpha=0.75, vmin=0.0, vmax=float(m.max()),
                               title=f"q{q}: max {float(m.max()) * h * w:.1f}× uniform")
             ref = None if references is None or references.get(name) is None else references[name][q]
             if ref is not None:
                 draw_reference(ax, ref, img.shape[:2])
             if c == 0:
                 ax.set_ylabel(name, fontsize=9)
+    relative = ScalarMappable(Normalize(0.0, 1.0), cmap="inferno")  # what every panel's colours mean
+    add_colourbar(relative, axes, "weight / the panel's max\n(title: max in × uniform)")
     return fig
 
 
@@ -877,8 +933,9 @@ def plot_instability_and_ap(curves: dict, fig: Figure | None = None) -> Figure:
     """Seed, "DN-DETR", Fig. 2: the instability score IS^i (how many predictions change their
     matched object between epochs i-1 and i, `tutorial/instability.py`) against the epoch, next to
     val AP against the epoch. curves {run name: [{"epoch", "AP", optionally "IS"}, ...]}; a run
-    without IS records is named in the left panel instead of drawn. Panel 0 is IS, panel 1 AP; one
-    line per run in `curves` order (line k of a panel is run k's, if it has data there)."""
+    without IS records is named in the left panel instead of drawn. Panel 0 is IS, panel 1 AP (in %,
+    the records hold COCOeval fractions); one line per run in `curves` order (line k of a panel is
+    run k's, if it has data there)."""
     fig = fig or Figure(figsize=(10, 3.6), layout="constrained")
     ax_is, ax_ap = fig.subplots(1, 2)
     without_is = []
@@ -891,13 +948,13 @@ def plot_instability_and_ap(curves: dict, fig: Figure | None = None) -> Figure:
         else:
             without_is.append(name)
         with_ap = [r for r in curve if r.get("AP") is not None]
-        ax_ap.plot([r["epoch"] + 1 for r in with_ap], [r["AP"] for r in with_ap], marker="o", color=colour,
+        ax_ap.plot([r["epoch"] + 1 for r in with_ap], [100 * r["AP"] for r in with_ap], marker="o", color=colour,
                    label=name)
     if without_is:
         ax_is.text(0.5, 0.5, "no IS recorded for\n" + "\n".join(without_is), transform=ax_is.transAxes,
                    ha="center", va="center", fontsize=8, color="0.4")
     ax_is.set(xlabel="epoch i", ylabel="IS^i (changed matches)", title="instability of the matching")
-    ax_ap.set(xlabel="epoch", ylabel="val AP", title="val AP")
+    ax_ap.set(xlabel="epoch", ylabel="val AP (%)", title="val AP")
     for ax in (ax_is, ax_ap):
         ax.grid(alpha=0.3)
         ax.title.set_fontsize(9)
@@ -949,55 +1006,87 @@ def plot_nms_sweep(ax: Axes, rows: list[dict], key: str, title: str | None = Non
     xs = [r[key] for r in rows]
     positions = np.arange(len(xs))
     bars = ax.bar(positions, [100 * r["AP"] for r in rows], color="tab:blue", alpha=0.6, label="AP (%)")
-    ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    for x, r in zip(positions, rows):  # at the foot of each bar, where the NMS line (above) cannot cross it
+        ax.annotate(f"{100 * r['AP']:.1f}", (x, 0), xytext=(0, 3), textcoords="offset points", ha="center",
+                    va="bottom", fontsize=7)
     ax.set_xticks(positions, [f"{x:g}" for x in xs])
     ax.set_xlabel("IoU threshold" if key == "iou_threshold" else "confidence threshold")
     ax.set_ylabel("AP (%)", color="tab:blue")
     twin = ax.twinx()
     twin.plot(positions, [r["nms_ms"] for r in rows], color="tab:red", marker="o", label="NMS time")
     twin.set_ylabel("NMS (ms per image)", color="tab:red")
-    twin.set_ylim(0, max(r["nms_ms"] for r in rows) * 1.25)
+    top = max(r["nms_ms"] for r in rows)
+    twin.set_ylim(-0.25 * top, top * 1.2)  # the line keeps clear of the AP values at the foot of the bars
+    twin.set_yticks([t for t in twin.get_yticks() if 0 <= t <= top * 1.2])  # no negative times on the axis
     ax.set_ylim(0, max(max(100 * r["AP"] for r in rows) * 1.25, 1))
     if title:
         ax.set_title(title, fontsize=9)
 
 
+def stagger_labels(ax: Axes, points, labels, colour: str, below: bool = False, fontsize: float = 7) -> list:
+    """Label data points (n, 2) without the labels running into each other: each label goes just
+    right of its point, above it (below with `below`), moved further away one line at a time until
+    it overlaps no label placed before; a moved label gets a thin leader to its point. Call it once
+    the axis limits are final (it freezes them). Returns the annotations."""
+    from matplotlib.textpath import TextPath
+
+    ax.autoscale_view()
+    ax.set_xlim(ax.get_xlim())  # freeze: the placement below depends on them
+    ax.set_ylim(ax.get_ylim())
+    xy = np.asarray(points, dtype=float).reshape(-1, 2)  # (n, 2) data
+    at = ax.transData.transform(xy) * 72.0 / ax.figure.dpi  # (n, 2) in points
+    line_height, placed, annotations = fontsize + 2.0, [], []
+    for k in np.argsort(at[:, 0], kind="stable"):
+        width = 1.3 * TextPath((0, 0), labels[k], size=fontsize).get_extents().width + 3  # margin: the layout moves
+        x0 = at[k, 0] + 3
+        for line in range(len(xy) + 1):
+            dy = 3 + line_height * line if not below else -(line_height * (line + 1))  # the label's lower edge
+            y0 = at[k, 1] + dy
+            if not any(x0 < bx1 and bx0 < x0 + width and y0 < by1 and by0 < y0 + line_height
+                       for bx0, bx1, by0, by1 in placed):
+                break
+        placed.append((x0, x0 + width, y0, y0 + line_height))
+        leader = dict(arrowstyle="-", color=colour, linewidth=0.4, shrinkA=0, shrinkB=2) if line else None
+        annotations.append(ax.annotate(labels[k], tuple(xy[k]), xytext=(3, dy), textcoords="offset points",
+                                       va="bottom", fontsize=fontsize, color=colour, arrowprops=leader))
+    return annotations
+
+
 def plot_speed_accuracy(ax: Axes, report: dict, title: str | None = None) -> None:
     """The seed's speed/accuracy tables in one plot: AP (%) against end-to-end latency at batch 1
     (median, bars from the 25th to the 75th percentile) for RT-DETR with k decoder layers (Dec^k,
-    joined), the dense detector + NMS at each confidence threshold (IoU 0.7, joined) and DINO."""
+    joined, labelled above), the dense detector + NMS at each confidence threshold (IoU 0.7, joined,
+    labelled below) and DINO. Labels of nearby points are staggered (`stagger_labels`)."""
     def point(row, colour, label, marker):
         lat = row["latency"]
         ax.errorbar(lat["median_ms"], 100 * row["AP"], xerr=[[lat["median_ms"] - lat["p25_ms"]],
                                                               [lat["p75_ms"] - lat["median_ms"]]],
                     color=colour, marker=marker, capsize=2, linestyle="", label=label)
 
-    if report.get("rtdetr_depth"):
-        rows = report["rtdetr_depth"]
-        ax.plot([r["latency"]["median_ms"] for r in rows], [100 * r["AP"] for r in rows], color="tab:green",
-                linewidth=0.8)
-        for i, r in enumerate(rows):
-            point(r, "tab:green", "RT-DETR-tiny, Dec^k" if i == 0 else None, "o")
-            ax.annotate(f"Dec{r['decoder_layers']}", (r["latency"]["median_ms"], 100 * r["AP"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
-    if report.get("nms"):
-        rows = report["nms"]["by_confidence"]
-        ax.plot([r["latency"]["median_ms"] for r in rows], [100 * r["AP"] for r in rows], color="tab:red",
-                linewidth=0.8)
-        for i, r in enumerate(rows):
-            point(r, "tab:red", "dense + NMS (IoU 0.7), conf" if i == 0 else None, "s")
-            ax.annotate(f"{r['score_threshold']:g}", (r["latency"]["median_ms"], 100 * r["AP"]), fontsize=7,
-                        xytext=(3, -9), textcoords="offset points")
+    def xy(rows):
+        return [(r["latency"]["median_ms"], 100 * r["AP"]) for r in rows]
+
+    depth = report.get("rtdetr_depth") or []
+    by_conf = (report.get("nms") or {}).get("by_confidence") or []
+    for rows, colour, name, marker in ((depth, "tab:green", "RT-DETR-tiny, Dec^k", "o"),
+                                       (by_conf, "tab:red", "dense + NMS (IoU 0.7), conf", "s")):
+        if rows:
+            ax.plot(*zip(*xy(rows)), color=colour, linewidth=0.8)
+            for i, r in enumerate(rows):
+                point(r, colour, name if i == 0 else None, marker)
     if report.get("dino"):
         point(report["dino"], "tab:purple", "DINO-tiny", "D")
-    aps = [100 * r["AP"] for r in report.get("rtdetr_depth", []) + report.get("nms", {}).get("by_confidence", [])
-           + ([report["dino"]] if report.get("dino") else [])]
-    ax.set_ylim(0, max(max(aps, default=0) * 1.15, 1.0))
+    aps = [ap for _, ap in xy(depth + by_conf + ([report["dino"]] if report.get("dino") else []))]
+    ax.set_ylim(0, max(max(aps, default=0) * 1.25, 1.0))
     ax.set_xlabel("end-to-end latency, batch 1 (ms)")
     ax.set_ylabel("AP (%)")
     ax.grid(alpha=0.3)
+    if depth:
+        stagger_labels(ax, xy(depth), [f"Dec{r['decoder_layers']}" for r in depth], "tab:green")
+    if by_conf:
+        stagger_labels(ax, xy(by_conf), [f"{r['score_threshold']:g}" for r in by_conf], "tab:red", below=True)
     if ax.lines:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="best")
     if title:
         ax.set_title(title, fontsize=9)
 
@@ -1028,11 +1117,13 @@ def plot_encoder_stages(image, stages: dict[str, list], size=None, strides=None,
     row per stage in `stages` {name: [(C, H_l, W_l) map or None] per level}, one column per level;
     each panel the per-token L2 norm of the features over the image (how strongly each cell
     responds), None drawn blank (e.g. levels AIFI does not touch). Panel (r, l) is
-    `fig.axes[r * L + l]`; its overlay's array is the norm map drawn."""
+    `fig.axes[r * L + l]`; its overlay's array is the norm map drawn. Norms differ between stages
+    and levels, so each panel has its own scale and colourbar (added after all panels)."""
     names = list(stages)
     num_levels = max(len(v) for v in stages.values())
-    fig = fig or Figure(figsize=(2.7 * num_levels, 2.6 * len(names)), layout="constrained")
+    fig = fig or Figure(figsize=(3.1 * num_levels, 2.6 * len(names)), layout="constrained")
     axes = fig.subplots(len(names), num_levels, squeeze=False)
+    drawn = []
     for r, name in enumerate(names):
         for lvl, ax in enumerate(axes[r]):
             x = stages[name][lvl] if lvl < len(stages[name]) else None
@@ -1043,8 +1134,10 @@ def plot_encoder_stages(image, stages: dict[str, list], size=None, strides=None,
                 continue
             norm = torch.as_tensor(x).detach().float().norm(dim=0)  # (H_l, W_l)
             stride = f", stride {strides[lvl]}" if strides is not None else ""
-            attention_overlay(ax, image, norm, size=size, alpha=0.7, cmap="viridis",
-                              title=f"{name}: S{lvl + 3} {tuple(norm.shape)}{stride}")
+            drawn.append((ax, attention_overlay(ax, image, norm, size=size, alpha=0.7, cmap="viridis",
+                                                title=f"{name}: S{lvl + 3} {tuple(norm.shape)}{stride}")))
+    for ax, im in drawn:
+        add_colourbar(im, ax, "token norm ‖x‖₂")
     return fig
 
 
@@ -1116,7 +1209,7 @@ def plot_query_selection(image, token_scores, selected, spatial_shapes, size=Non
         im.set_clim(vmin, vmax)
         draw_selected_tokens(ax, levels[mine], cells[mine], spatial_shapes, img.shape[:2])
         start += h_l * w_l
-    fig.colorbar(im, ax=list(axes), shrink=0.8, label="token score σ(max logit)")
+    add_colourbar(im, list(axes), "token score σ(max logit)")
     return fig
 
 
@@ -1446,9 +1539,10 @@ def plot_scan_receptive_field(jacobian, pixel: tuple[int, int], fig: Figure | No
 
 
 
-def plot_direction_maps(maps, fig: Figure | None = None, title: str | None = None, cmap: str = "viridis") -> Figure:
+def plot_direction_maps(maps, fig: Figure | None = None, title: str | None = None, cmap: str = "viridis",
+                        label: str = "value per pixel") -> Figure:
     """One value per pixel for each of SS2D's four scan directions, e.g. the mean step Δ:
-    maps (4, H, W), one panel per direction (shared colour scale)."""
+    maps (4, H, W), one panel per direction (shared colour scale, one colourbar labelled `label`)."""
     from .ss2d import DIRECTIONS
 
     maps = torch.as_tensor(maps, dtype=torch.float32)
@@ -1460,7 +1554,7 @@ def plot_direction_maps(maps, fig: Figure | None = None, title: str | None = Non
         ax.set_title(DIRECTIONS[k], fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(im, ax=list(axes), shrink=0.8)
+    add_colourbar(im, list(axes), label)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig

@@ -257,6 +257,7 @@ class View:
         self.controls: dict[str, widgets.ValueWidget] = {}
         self.output = widgets.Output()
         self._held = False
+        self._picker: widgets.HBox | None = None
 
     def _watch(self) -> None:
         for control in self.controls.values():
@@ -294,16 +295,47 @@ class View:
             clear_output(wait=True)
             display(Image(buffer.getvalue()))
 
+    def image_picker(self) -> widgets.HBox:
+        """The image control as shown: `controls["index"]` with its buttons and text box (`image_picker`),
+        built once per view."""
+        if self._picker is None:
+            self._picker = image_picker(self.controls["index"])
+        return self._picker
+
     @property
     def widget(self) -> widgets.VBox:
-        return widgets.VBox([widgets.HBox(list(self.controls.values())), self.output])
+        """The image control on a row of its own (it is wide), then the other controls, then the figure."""
+        others = [c for name, c in self.controls.items() if name != "index"]
+        rows = [self.image_picker()] if "index" in self.controls else []
+        return widgets.VBox(rows + ([widgets.HBox(others)] if others else []) + [self.output])
 
     def _ipython_display_(self) -> None:
         display(self.widget)
 
 
+IMAGE_SLIDER_WIDTH = "420px"  # ipywidgets' default track is ~150 px: on 500 images one pixel of drag skipped ~3
+
+
 def image_slider(n: int, index: int) -> widgets.IntSlider:
-    return widgets.IntSlider(value=index, min=0, max=n - 1, description="image", continuous_update=False)
+    """Every view's image index `controls["index"]`: a slider over the n images, wide enough to drag
+    through them (`IMAGE_SLIDER_WIDTH`); the view shows it with buttons and a text box (`image_picker`)."""
+    return widgets.IntSlider(value=index, min=0, max=n - 1, description="image", continuous_update=False,
+                             layout=widgets.Layout(width=IMAGE_SLIDER_WIDTH))
+
+
+def image_picker(slider: widgets.IntSlider) -> widgets.HBox:
+    """The image slider with ◀ / ▶ buttons (one image back / on, stopping at the ends) and a text
+    box to type an index, all linked to `slider`, whose value the view reads -> HBox([slider,
+    previous, next, box])."""
+    box = widgets.BoundedIntText(value=slider.value, min=slider.min, max=slider.max,
+                                 layout=widgets.Layout(width="70px"))
+    widgets.link((slider, "max"), (box, "max"))
+    widgets.link((slider, "value"), (box, "value"))
+    previous = widgets.Button(description="◀", tooltip="previous image", layout=widgets.Layout(width="34px"))
+    following = widgets.Button(description="▶", tooltip="next image", layout=widgets.Layout(width="34px"))
+    previous.on_click(lambda _: setattr(slider, "value", max(slider.value - 1, slider.min)))
+    following.on_click(lambda _: setattr(slider, "value", min(slider.value + 1, slider.max)))
+    return widgets.HBox([slider, previous, following, box])
 
 
 def layer_and_head_controls(num_layers: int, num_heads: int, layer: int, head) -> dict:
@@ -333,7 +365,10 @@ class ImageBrowser(View):
 
 class MatchingView(View):
     """(Notebook 01) One image's matching: the (Q, n) cost L_match (or one of its terms) with the
-    Hungarian assignment outlined, and the matched pairs drawn on the image. Seed: "Set Prediction"."""
+    Hungarian assignment outlined, and the matched pairs drawn on the image. Seed: "Set Prediction".
+    The model runs on the image alone (`ModelRunner`), so the costs can differ a little from those of
+    the same image inside a padded batch. After `render()`, `costs`, `assignment` and `total` (the
+    assignment's summed L_match) hold what is drawn."""
 
     TERMS = ("total", "class", "L1", "GIoU")
 
@@ -363,10 +398,11 @@ class MatchingView(View):
             names = [f"{j}: {plots.class_name(c)}" for j, c in enumerate(t["labels"].tolist())]
             plots.plot_cost_matrix(ax_cost, self.costs[term], *self.assignment,
                                    title=f"{term} cost, assignment from the total (white)", col_labels=names)
-        total = self.costs["total"][self.assignment].sum().item()
+        self.total = self.costs["total"][self.assignment].sum().item()
         plots.draw_matching(ax_image, r["image"], r["boxes"], plots.boxes_to_pixels(t["boxes"], r["size"]),
                             *self.assignment, t["labels"],
-                            title=f"matched pairs (solid: target, dashed: prediction), total cost {total:.2f}")
+                            title=f"matched pairs (solid: target, dashed: prediction)\n"
+                                  f"total L_match {self.total:.2f} (the image run alone, unpadded)")
 
 
 class EncoderAttentionView(View):
@@ -410,8 +446,10 @@ class EncoderAttentionView(View):
         plots.plot_detections(ax_image, r["image"], plots.boxes_to_pixels(t["boxes"], r["size"]), t["labels"],
                               title=f"reference point ({c['y']}, {c['x']}) of a {hf}x{wf} grid", text=False)
         head = "mean of heads" if c["head"] == "mean" else f"head {c['head']}"
-        self.overlay = plots.attention_overlay(ax_attention, r["image"], self.attention_map, r["feature_mask"],
-                                               title=f"encoder layer {c['layer'] + 1}, {head}")
+        self.overlay = plots.attention_overlay(
+            ax_attention, r["image"], self.attention_map, r["feature_mask"], vmin=0.0,
+            title=f"encoder layer {c['layer'] + 1}, {head}",
+            colourbar=plots.attention_label(plots.valid_cells(self.attention_map, r["feature_mask"])))
         for ax in (ax_image, ax_attention):
             ax.plot(px, py, marker="o", markersize=8, color="cyan", markeredgecolor="black")
 
@@ -456,14 +494,17 @@ class DecoderAttentionView(View):
         ax_image, ax_attention = self.figure.subplots(1, 2)
         which = (f"{len(self.queries)} predictions with score ≥ {self.threshold}" if self.confident else
                  f"none ≥ {self.threshold}: the {len(self.queries)} best")
+        # uncaptioned (many would overlap; the query list names them all), the chosen one captioned in cyan
         plots.plot_detections(ax_image, r["image"], r["boxes"][self.queries], r["labels"][self.queries],
-                              r["scores"][self.queries], title=which, linewidth=1)
-        plots.draw_boxes(ax_image, r["boxes"][q:q + 1], colours=["cyan"], linewidth=2.5, text=False)
+                              title=f"{which}\n(class colours; query {q} cyan)", linewidth=1, text=False)
+        plots.draw_boxes(ax_image, r["boxes"][q:q + 1], r["labels"][q:q + 1], r["scores"][q:q + 1],
+                         colours=["cyan"], linewidth=2.5)
         head = "mean of heads" if c["head"] == "mean" else f"head {c['head']}"
         self.overlay = plots.attention_overlay(
-            ax_attention, r["image"], self.attention_map, r["feature_mask"],
-            title=f"query {q} ({plots.class_name(r['labels'][q])} {r['scores'][q]:.2f}): "
-                  f"layer {c['layer'] + 1}, {head}")
+            ax_attention, r["image"], self.attention_map, r["feature_mask"], vmin=0.0,
+            title=f"query {q} ({plots.class_name(r['labels'][q])} {r['scores'][q]:.2f}):\n"
+                  f"layer {c['layer'] + 1}, {head}",
+            colourbar=plots.attention_label(plots.valid_cells(self.attention_map, r["feature_mask"])))
         plots.draw_boxes(ax_attention, r["boxes"][q:q + 1], colours=["cyan"], text=False)
 
 
@@ -510,7 +551,7 @@ class SamplingPointsView(View):
     @property
     def widget(self) -> widgets.VBox:
         c = self.controls
-        return widgets.VBox([widgets.HBox([c["index"], c["kind"], c["layer"], c["head"]]),
+        return widgets.VBox([self.image_picker(), widgets.HBox([c["kind"], c["layer"], c["head"]]),
                              widgets.HBox([c["query"], c["level"], c["y"], c["x"]]), self.output])
 
     def _fit_layers(self, layer: int) -> None:
@@ -606,7 +647,7 @@ class PositionalAttentionView(View):
     @property
     def widget(self) -> widgets.VBox:
         c = self.controls
-        return widgets.VBox([widgets.HBox([c["model"], c["index"], c["query"]]),
+        return widgets.VBox([self.image_picker(), widgets.HBox([c["model"], c["query"]]),
                              widgets.HBox([c["layer"], c["head"]]), self.output])
 
     def _fit_model(self, query: int, layer: int, head) -> None:
@@ -638,14 +679,17 @@ class PositionalAttentionView(View):
         ref = None if r["references"] is None else r["references"][layer][q]  # (2|4,) or None
         what = {None: "no reference (DETR)", 2: "reference point", 4: "anchor box"}[None if ref is None else len(ref)]
         self.overlay = plots.attention_overlay(
-            ax_pos, r["image"], self.positional_map, alpha=0.75,
+            ax_pos, r["image"], self.positional_map, alpha=0.75, vmin=0.0,
             title=f"{c['model']}: positional map of q{q}, layer {layer + 1}, {head}\n"
-                  f"{h}x{w} grid, max {float(self.positional_map.max()) * h * w:.1f}× uniform; {what} white")
+                  f"{h}x{w} grid, max {float(self.positional_map.max()) * h * w:.1f}× uniform; {what} white",
+            colourbar=plots.attention_label(h * w, "positional weight"))
         if ref is not None:
             plots.draw_reference(ax_pos, ref, r["image"].shape[-2:])
-        plots.attention_overlay(ax_attn, r["image"], self.attention_map, r["feature_mask"],
+        plots.attention_overlay(ax_attn, r["image"], self.attention_map, r["feature_mask"], vmin=0.0,
                                 title=f"full cross-attention (content + position)\npredicted "
-                                      f"{plots.class_name(r['labels'][q])} {r['scores'][q]:.2f} (cyan)")
+                                      f"{plots.class_name(r['labels'][q])} {r['scores'][q]:.2f} (cyan)",
+                                colourbar=plots.attention_label(plots.valid_cells(self.attention_map,
+                                                                                  r["feature_mask"])))
         plots.draw_boxes(ax_attn, r["boxes"][q:q + 1], colours=["cyan"], text=False)
 
 
