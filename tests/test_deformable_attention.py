@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tutorial.deformable_attention import MSDeformAttn, bilinear_sample, ms_deform_attn_core, ms_deform_attn_explicit
+from tutorial.deformable_attention import (MSDeformAttn, bilinear_sample, map_coverage, ms_deform_attn_core,
+                                          ms_deform_attn_explicit)
 
 SHAPES = [(6, 9), (3, 5), (2, 2), (1, 3)]  # non-square levels, a 1-row level
 
@@ -80,3 +81,20 @@ def test_module_returns_locations_and_weights():
     # at initialisation, head m's first point on level l is one pixel of that level from the reference
     pix = (loc[:, :, :, :, 0] - ref[:, :, None, :, :]) * torch.tensor([[6.0, 4.0], [3.0, 2.0]])  # (B, Q, M, L, 2)
     assert torch.allclose(pix.abs().max(-1).values, torch.ones(()), atol=1e-5)
+
+
+def test_map_coverage_is_what_grid_sample_reads_of_a_map_of_ones():
+    """The share of a sample on its map, against `F.grid_sample` of all-ones maps (zero padding):
+    1 inside the pixel centres, 0 beyond half a pixel out, partial on the border strip."""
+    shapes = [(5, 7), (2, 3), (1, 1)]
+    g = torch.Generator().manual_seed(0)
+    loc = torch.rand(4, 3, len(shapes), 6, 2, generator=g, dtype=torch.float64) * 2.0 - 0.5  # (Q, M, L, P, 2)
+    coverage = map_coverage(loc, shapes)  # (Q, M, L, P)
+    for lvl, (h, w) in enumerate(shapes):
+        grid = 2 * loc[:, :, lvl].reshape(1, -1, 6, 2) - 1  # (1, Q·M, P, 2)
+        ones = F.grid_sample(torch.ones(1, 1, h, w, dtype=torch.float64), grid, align_corners=False)[0, 0]  # (Q·M, P)
+        torch.testing.assert_close(coverage[:, :, lvl].reshape(-1, 6), ones)
+    assert (coverage == 0).any() and (coverage == 1).any() and ((coverage > 0) & (coverage < 1)).any()
+    h, w = shapes[0]
+    edge = torch.tensor([[[0.5 / w, 0.5 / h]], [[-0.5 / w, 0.5]], [[1.2, 0.5]]], dtype=torch.float64)  # (3, 1, 2)
+    assert map_coverage(edge[:, None], shapes[:1])[:, 0, 0].tolist() == pytest.approx([1.0, 0.0, 0.0])

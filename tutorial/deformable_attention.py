@@ -60,6 +60,20 @@ def bilinear_sample(value: Tensor, locations: Tensor) -> Tensor:
     return out
 
 
+def map_coverage(locations: Tensor, spatial_shapes: list[tuple[int, int]]) -> Tensor:
+    """How much of each sample lands on its level's map: locations (..., L, P, 2) normalised (x, y),
+    as `MSDeformAttn` returns them -> (..., L, P) in [0, 1], the share of the sample's bilinear
+    weights on pixels that exist; the rest read the zero padding of `F.grid_sample` (and
+    `bilinear_sample`), i.e. nothing. 1 between the outermost pixel centres, 0 beyond half a pixel
+    outside the map, in between on the border strip: per axis, with u = x·W_l - 0.5 in pixel
+    units, min(u + 1, W_l - u) clipped to [0, 1]; the product of the two axes."""
+    size = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=locations.dtype,
+                        device=locations.device)[:, None, :]  # (L, 1, 2) as (W_l, H_l)
+    u = locations * size - 0.5  # (..., L, P, 2) in pixel units of each level
+    per_axis = torch.minimum(u + 1, size - u).clamp(0, 1)  # (..., L, P, 2)
+    return per_axis.prod(-1)  # (..., L, P)
+
+
 def split_levels(value: Tensor, spatial_shapes: list[tuple[int, int]]) -> list[Tensor]:
     """value (B, N, M, d) -> per level (B·M, d, H_l, W_l), the layout both samplers use."""
     sizes = [h * w for h, w in spatial_shapes]

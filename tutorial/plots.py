@@ -70,6 +70,18 @@ def denormalize(image: Tensor | np.ndarray) -> np.ndarray:
     return img.clamp(0, 1).permute(1, 2, 0).numpy()  # (H, W, 3)
 
 
+AP_NAMES = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "APs": "AP_S", "APm": "AP_M", "APl": "AP_L"}
+
+
+def format_ap(metrics: dict | None, keys=tuple(AP_NAMES)) -> str:
+    """COCO metrics {name: fraction} (COCOeval's, as the JSON files and a checkpoint manifest's
+    "val_metrics" keep them) as the notebooks and the seed deck print AP: in percent, e.g.
+    "AP 29.4%, AP50 52.2%, AP_S 5.1%". Keys it lacks are left out; no metrics at all give "AP ?"."""
+    parts = [f"{AP_NAMES.get(k, k)} {100 * metrics[k]:.1f}%" for k in keys
+             if metrics and isinstance(metrics.get(k), (int, float))]
+    return ", ".join(parts) or "AP ?"
+
+
 def class_name(label: int) -> str:
     """Category id -> name: 1..5 are the shapes' CATEGORIES; anything else is printed as a number."""
     label = int(label)
@@ -602,8 +614,9 @@ def plot_sampling_points(image, locations: Tensor, weights: Tensor, spatial_shap
     cell grid (`show_level`), the sampling points (size ∝ weight; colour = head, or ∝ weight for one
     head), the reference point (white cross) and box (dashed). Panel l's scatter is `fig.axes[l].collections[0]`, its points in
     (m, p) order (only head `head`'s P points when one head is drawn); with one head, a colourbar
-    for the weights follows the L panels. A point outside [0, 1]² is off its level's map: it reads
-    zeros there (`off_map`), so the panels, cropped to the image, do not show it and titles count them.
+    for the weights follows the L panels. A point outside [0, 1]² is off its level's map, where
+    grid_sample reads zero padding (`deformable_attention.map_coverage` says how much of each point
+    lands on the map); the panels, cropped to the image, do not show it, and titles count them.
     """
     loc = torch.as_tensor(locations).detach().cpu()  # (M, L, P, 2)
     w = torch.as_tensor(weights).detach().cpu()  # (M, L, P)
