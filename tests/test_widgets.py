@@ -286,6 +286,13 @@ def test_views_label_their_attention_colours(model, val_set, runner):
     assert len(view.figure.axes[0].texts) == 1  # only the chosen query is captioned: no pile of labels
 
 
+def test_ap_is_printed_in_percent_from_the_fractions_the_files_keep():
+    metrics = {"AP": 0.2938, "AP50": 0.5222, "APs": 0.0509, "APl": 0.6803, "AR": None}
+    assert plots.format_ap(metrics) == "AP 29.4%, AP50 52.2%, AP_S 5.1%, AP_L 68.0%"
+    assert plots.format_ap(metrics, ("AP50", "AP")) == "AP50 52.2%, AP 29.4%"
+    assert plots.format_ap(None) == plots.format_ap({}) == "AP ?"
+
+
 def test_box_captions_at_the_top_of_the_view_go_inside_the_box():
     from matplotlib.figure import Figure
 

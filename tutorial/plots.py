@@ -316,7 +316,7 @@ def plot_position_encoding(pos: Tensor, channels: list[int], mask: Tensor | None
         ax.set_xticks([])
         ax.set_yticks([])
     if channels:
-        add_colourbar(im, axes, "PE value (sin or cos, -1 to 1)" + ("; grey: padding" if mask is not None else ""))
+        add_colourbar(im, axes, "PE value (-1 to 1)" + ("\ngrey: padding" if mask is not None else ""))
     return fig
 
 
