@@ -1031,6 +1031,8 @@ def plot_nms_sweep(ax: Axes, rows: list[dict], key: str, title: str | None = Non
     top = max(r["nms_ms"] for r in rows)
     twin.set_ylim(-0.25 * top, top * 1.2)  # the line keeps clear of the AP values at the foot of the bars
     twin.set_yticks([t for t in twin.get_yticks() if 0 <= t <= top * 1.2])  # no negative times on the axis
+    twin.spines["right"].set_bounds(0, top * 1.2)  # the time axis visibly starts above the bars' foot
+    ax.spines["right"].set_visible(False)  # (the bars' own right spine would hide that)
     ax.set_ylim(0, max(max(100 * r["AP"] for r in rows) * 1.25, 1))
     if title:
         ax.set_title(title, fontsize=9)
