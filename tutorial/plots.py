@@ -18,6 +18,10 @@ Conventions
   `CATEGORIES[k - 1]` (`tutorial/shapes.py`); other ids (COCO) are printed as numbers.
 - An attention map is (H_f, W_f) over the feature grid of the (padded) image; each cell covers
   the same stride x stride square of pixels the backbone's downsampled padding mask assigns it.
+- Every map drawn in colour has a colourbar whose label says what the number is (`add_colourbar`):
+  one shared bar where panels share a scale, one per panel where they do not. Colourbars are
+  added after all panels, so a figure's documented panel indices (`fig.axes[k]`) are unchanged.
+- AP is drawn and printed in percent (`format_ap`); the results files keep COCOeval's fractions.
 
 Glossary: H, W image; H_f, W_f feature map; N = H_f·W_f tokens (Σ_l H_l·W_l for several levels);
 Q queries; n boxes; M heads; L levels (H_l, W_l each); P sampling points per level; L_dec decoder layers.
