@@ -77,7 +77,7 @@ class DeformableEncoderPath(nn.Module):
 
     def forward(self, features: list[Tensor]) -> Tensor:
         masks = [torch.zeros(f.shape[0], *f.shape[-2:], dtype=torch.bool) for f in features]  # no padding
-        levels = self.input_proj(list(zip(features, masks)))  # L x ((B, C, H_l, W_l), (B, H_l, W_l))
+        levels = self.input_proj(list(zip(features, masks)), masks[0])  # L x ((B, C, H_l, W_l), (B, H_l, W_l))
         src, pos, padding, shapes, ratios = self.flatten_levels(levels)  # (B, N, C) ...
         memory, _, _ = self.encoder(src, pos, shapes, ratios, padding)  # (B, N, C)
         return memory
@@ -115,7 +115,8 @@ def run(module: nn.Module, feats: list[Tensor], need_weights: bool = False):
 
 def tokens_and_levels(module: nn.Module, feats: list[Tensor]) -> tuple[int, int]:
     """(N, L): the tokens the deformable encoder attends over (all levels) and its number of levels."""
-    levels = module.input_proj([(f, torch.zeros(1, *f.shape[-2:], dtype=torch.bool)) for f in feats])
+    masks = [torch.zeros(1, *f.shape[-2:], dtype=torch.bool) for f in feats]  # no padding
+    levels = module.input_proj(list(zip(feats, masks)), masks[0])
     return sum(x.shape[-2] * x.shape[-1] for x, _ in levels), len(levels)
 
 
@@ -179,9 +180,9 @@ def measure(config: str, encoder: str, warmup: int, repeats: int) -> dict:
         fns["aifi"] = lambda: module.encoder[0](projected[2])  # the S5 map alone
     else:
         masks = [torch.zeros(1, *f.shape[-2:], dtype=torch.bool) for f in feats]
-        levels = module.input_proj(list(zip(feats, masks)))
+        levels = module.input_proj(list(zip(feats, masks)), masks[0])
         src, pos, padding, shapes, ratios = module.flatten_levels(levels)  # (1, N, C) ...
-        fns["input_proj"] = lambda: module.input_proj(list(zip(feats, masks)))
+        fns["input_proj"] = lambda: module.input_proj(list(zip(feats, masks)), masks[0])
         fns["encoder_layers"] = lambda: module.encoder(src, pos, shapes, ratios, padding)
     base = vm("VmRSS")
     times = time_runs(fns, warmup, repeats)

@@ -29,6 +29,14 @@ from .pretrain import resolve_weights
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
 
 
+def feature_mask(mask: Tensor, size) -> Tensor:
+    """The image's padding mask (B, H, W), True on padding, resized (nearest) to a feature map's
+    size (H_l, W_l) -> (B, H_l, W_l). Every level's mask comes from the full-resolution mask, as in
+    the official DETR and Deformable DETR (`NestedTensor` masks): resizing an already downsampled
+    mask again disagrees with it for many padded sizes."""
+    return F.interpolate(mask[:, None].float(), size=tuple(size))[:, 0].bool()  # (B, H_l, W_l)
+
+
 @dataclass
 class BackboneConfig:
     """Which ResNet, which stages it returns, and how it is normalised and initialised."""
@@ -107,6 +115,5 @@ class Backbone(nn.Module):
         out = []
         for name in self.cfg.return_layers:
             f = features[name]
-            m = F.interpolate(mask[:, None].float(), size=f.shape[-2:])[:, 0].bool()  # (B, H_l, W_l)
-            out.append((f, m))
+            out.append((f, feature_mask(mask, f.shape[-2:])))  # (B, C_l, H_l, W_l), (B, H_l, W_l)
         return out

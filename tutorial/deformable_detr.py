@@ -21,12 +21,11 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
-from .backbone import Backbone, BackboneConfig, tiny_backbone
+from .backbone import Backbone, BackboneConfig, feature_mask, tiny_backbone
 from .criterion import LossWeights, SetCriterion, matched_pairs, num_boxes_across_processes
 from .deformable_transformer import (DeformableDecoder, DeformableEncoder, DeformableTransformerConfig,
                                      encoder_proposals, inverse_sigmoid, proposal_position_encoding, valid_ratios)
@@ -117,14 +116,15 @@ class MultiScaleProjection(nn.Module):
             nn.init.xavier_uniform_(proj[0].weight, gain=1)
             nn.init.constant_(proj[0].bias, 0)
 
-    def forward(self, features: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
-        """[(feature (B, C_l, H_l, W_l), mask (B, H_l, W_l))] -> L pairs with C channels."""
+    def forward(self, features: list[tuple[Tensor, Tensor]], image_mask: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """[(feature (B, C_l, H_l, W_l), mask (B, H_l, W_l))] and the image's mask (B, H, W) -> L pairs
+        with C channels. An extra level's mask is resized from the image's mask (official code), not
+        from the previous level's."""
         out = [(proj(f), m) for proj, (f, m) in zip(self.layers, features)]
-        x, mask = features[-1]
+        x = features[-1][0]
         for proj in self.layers[len(features):]:
             x = proj(x)  # (B, C, H/2, W/2)
-            mask = F.interpolate(mask[:, None].float(), size=x.shape[-2:])[:, 0].bool()  # (B, H/2, W/2)
-            out.append((x, mask))
+            out.append((x, feature_mask(image_mask, x.shape[-2:])))  # (B, C, H_l, W_l), (B, H_l, W_l)
         return out
 
 
@@ -208,7 +208,7 @@ class DeformableDETR(nn.Module):
         return tgt, query_pos, boxes.sigmoid()
 
     def forward(self, images: Tensor, mask: Tensor, return_intermediates: bool = False) -> dict:
-        levels = self.input_proj(self.backbone(images, mask))  # L x ((B, C, H_l, W_l), (B, H_l, W_l))
+        levels = self.input_proj(self.backbone(images, mask), mask)  # L x ((B, C, H_l, W_l), (B, H_l, W_l))
         src, pos, padding, shapes, ratios = self.flatten_levels(levels)  # (B, N, C) ...
         memory, enc_ref, enc_sampling = self.encoder(src, pos, shapes, ratios, padding, return_intermediates)
         out: dict = {}

@@ -291,7 +291,7 @@ class DINO(nn.Module):
 
     def forward(self, images: Tensor, mask: Tensor, targets: list[dict] | None = None,
                 return_intermediates: bool = False, num_decoder_layers: int | None = None) -> dict:
-        levels = self.input_proj(self.backbone(images, mask))  # L x ((B, C, H_l, W_l), (B, H_l, W_l))
+        levels = self.input_proj(self.backbone(images, mask), mask)  # L x ((B, C, H_l, W_l), (B, H_l, W_l))
         src, pos, padding, shapes, ratios = self.flatten_levels(levels)  # (B, N, C) ...
         memory, _, enc_sampling = self.encoder(src, pos, shapes, ratios, padding, return_intermediates)  # (B, N, C)
         selection = self.selection(memory, padding, shapes, self.cfg.num_queries)  # the top-Q tokens

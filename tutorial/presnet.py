@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .backbone import feature_mask
 from .pretrain import resolve_weights
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
@@ -153,8 +154,7 @@ class PResNet(nn.Module):
         for i, stage in enumerate(self.res_layers):
             x = stage(x)  # (B, C_i, H/2^(i+2), W/2^(i+2))
             if i in self.cfg.return_idx:
-                m = F.interpolate(mask[:, None].float(), size=x.shape[-2:])[:, 0].bool()  # (B, H_i, W_i)
-                out.append((x, m))
+                out.append((x, feature_mask(mask, x.shape[-2:])))  # (B, C_i, H_i, W_i), (B, H_i, W_i)
             if i == max(self.cfg.return_idx):
                 break
         return out
