@@ -1,4 +1,4 @@
-"""Command line: `python -m tutorial {data,train,pretrain,eval,ship,exercises} ...` (`--help` on each).
+"""Command line: `python -m tutorial {data,train,pretrain,eval,predict,ship,exercises} ...` (`--help` on each).
 
 Bad input (a missing or malformed file, an unknown model, a wrong checkpoint) prints one line,
 `error: <what is wrong and the fix>`, and exits with status 2; `--debug` shows the traceback.
@@ -67,6 +67,15 @@ def cmd_eval(args) -> None:
     model = model_from_checkpoint(ckpt, args.checkpoint, args.model)
     metrics = evaluate(model, val, args.batch_size, args.workers, progress=not args.no_progress)
     print(json.dumps(metrics))
+
+
+def cmd_predict(args) -> None:
+    from .predict import PredictConfig, predict
+
+    cfg = PredictConfig(checkpoint=args.checkpoint, image=args.image, out=args.out, threshold=args.threshold,
+                        json=args.json, model=args.model, resize=tuple(args.resize) if args.resize else None)
+    results = predict(cfg)
+    print(f"{len(results)} detections with score >= {cfg.threshold}")
 
 
 def cmd_pretrain(args) -> None:
@@ -182,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", type=int, nargs=2, default=None, metavar=("SHORT", "MAX"))
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = add_command(sub, "predict", help="draw a checkpoint's detections on your own image(s)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--image", required=True, help="an image file, or a folder of *.jpg, *.jpeg, *.png")
+    p.add_argument("--threshold", type=float, default=0.5, help="keep detections with score >= this")
+    p.add_argument("--out", default=None, help="the PNG to write (default pred.png); for a folder, the folder "
+                   "for <stem>.png (default pred/)")
+    p.add_argument("--json", default=None, help="COCO results JSON (default: --out with .json, or "
+                   "<out>/predictions.json for a folder)")
+    p.add_argument("--model", default=None, help="check the checkpoint against this preset")
+    p.add_argument("--resize", type=int, nargs=2, default=None, metavar=("SHORT", "MAX"))
+    p.set_defaults(func=cmd_predict)
 
     p = add_command(sub, "ship", help="copy a run's checkpoint to data/checkpoints with a manifest")
     p.add_argument("--run", required=True, help="the run folder (with checkpoint.pt and metrics.jsonl)")

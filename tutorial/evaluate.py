@@ -31,12 +31,21 @@ def predict(model: nn.Module, dataset: DetectionDataset, batch_size: int = 16, w
                                          collate_fn=collate)
     results, image_ids = [], []
     for images, mask, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
-        outputs = model(images.to(device), mask.to(device))
-        sizes = torch.stack([t["orig_size"] for t in targets]).to(device)  # (B, 2)
-        for t, det in zip(targets, model.postprocess(outputs, sizes, **(postprocess_kwargs or {}))):
+        sizes = torch.stack([t["orig_size"] for t in targets])  # (B, 2)
+        for t, det in zip(targets, detect(model, images, mask, sizes, device, postprocess_kwargs)):
             image_ids.append(int(t["image_id"]))
             results += coco_detections(int(t["image_id"]), det)
     return results, image_ids
+
+
+@torch.no_grad()
+def detect(model: nn.Module, images: torch.Tensor, mask: torch.Tensor, sizes: torch.Tensor,
+           device: torch.device | str = "cpu", postprocess_kwargs: dict | None = None) -> list[dict]:
+    """Run `model` on a padded batch, images (B, 3, H, W) and mask (B, H, W) from `collate`, and
+    post-process with its own `postprocess`: per image {"boxes" (D, 4) xyxy in pixels of `sizes`
+    (B, 2) = (h, w), "scores" (D,), "labels" (D,)}. Shared by evaluation and `tutorial.predict`."""
+    outputs = model(images.to(device), mask.to(device))
+    return model.postprocess(outputs, sizes.to(device), **(postprocess_kwargs or {}))
 
 
 def coco_detections(image_id: int, det: dict) -> list[dict]:
