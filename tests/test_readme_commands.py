@@ -90,9 +90,12 @@ def test_cli_commands_parse(argv):
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
 def test_make_lab_allows_root():
     """The lab recipe adds --allow-root exactly when run as root (jupyter refuses root without it)."""
-    recipe = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, check=True)
-    lab = recipe.stdout.strip().splitlines()[-1]
-    assert lab.startswith(".venv/bin/jupyter lab notebooks/"), recipe.stdout
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under `make test`
+    recipe = subprocess.run(["make", "--no-print-directory", "-n", "lab"], cwd=ROOT, capture_output=True, text=True,
+                            check=True, env=env)
+    labs = [line for line in recipe.stdout.splitlines() if line.startswith(".venv/bin/jupyter lab notebooks/")]
+    assert len(labs) == 1, recipe.stdout
+    lab = labs[0]
     shown = subprocess.run(["sh", "-c", lab.replace(".venv/bin/jupyter", "echo", 1)], capture_output=True,
                            text=True, check=True).stdout.split()
     assert ("--allow-root" in shown) == (os.getuid() == 0), shown
