@@ -170,11 +170,17 @@ def slot_specialisation(model, dataset, slots: int = 20, threshold: float = 0.5,
             "baseline_share": round(baseline, 4), "per_slot": per_slot}
 
 
+def cell_centres(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(y, x) of every cell centre of an (h, w) grid over the unit square -> two (h, w) arrays."""
+    h, w = grid
+    return np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")  # (h, w) each
+
+
 def map_peaks_and_spread(maps: Tensor, grid: tuple[int, int], floor: float = 0.5) -> tuple[list[int], list[float]]:
     """maps (Q, h·w) distributions on an (h, w) grid -> per query: the number of 3x3 local maxima at
     least `floor` x its maximum, and the RMS distance (in units of the grid's side) from its maximum."""
     h, w = grid
-    ys, xs = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")  # (h, w) each
+    ys, xs = cell_centres(grid)  # (h, w) each
     peaks, spreads = [], []
     for m in maps.reshape(-1, h, w).double().numpy():
         local = (m == ndimage.maximum_filter(m, size=3, mode="constant", cval=-1.0)) & (m >= floor * m.max())
@@ -202,19 +208,18 @@ def positional_priors(model, dataset, index: int = 0, layer: int = 0, grid: tupl
 
 def box_cells(box: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """box (cx, cy, w, h) normalised -> (h, w) bool: the grid cells whose centre lies in it."""
-    h, w = grid
-    ys, xs = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")  # (h, w) each
+    ys, xs = cell_centres(grid)  # (h, w) each
     return (np.abs(xs - box[0]) <= box[2] / 2) & (np.abs(ys - box[1]) <= box[3] / 2)
 
 
 def map_alignment(m: np.ndarray, reference: np.ndarray) -> dict:
     """One positional map m (h, w) against its reference (x, y) or box (x, y, w, h), normalised ->
     {"distance": maximum to reference centre (image sides), and for a box "peak_in_box", "lift"}."""
-    h, w = m.shape
+    ys, xs = cell_centres(m.shape)  # (h, w) each
     y0, x0 = np.unravel_index(m.argmax(), m.shape)
-    r = {"distance": float(np.hypot((x0 + 0.5) / w - reference[0], (y0 + 0.5) / h - reference[1]))}
+    r = {"distance": float(np.hypot(xs[y0, x0] - reference[0], ys[y0, x0] - reference[1]))}
     if len(reference) == 4:
-        inside = box_cells(reference, (h, w))
+        inside = box_cells(reference, m.shape)
         r["peak_in_box"] = bool(inside[y0, x0])
         r["lift"] = float(m[inside].sum() / m.sum() / inside.mean()) if inside.any() else float("nan")
     return r
@@ -250,11 +255,22 @@ def alignment_stats(rows: list[dict]) -> dict:
     return out
 
 
+def following(stats: dict) -> float:
+    """How well a head follows its references: the share of maxima in the box, or for points minus
+    the median distance (higher is better)."""
+    return stats["share_peak_in_box"] if "share_peak_in_box" in stats else -stats["median_distance"]
+
+
 def layer_alignment(layer: int, stats: list[dict]) -> dict:
     heads, mean = stats[:-1], stats[-1]
-    key = ((lambda s: s["share_peak_in_box"]) if "share_peak_in_box" in mean else (lambda s: -s["median_distance"]))
     return {"layer": layer + 1, "mean_of_heads": mean, "heads": heads,
-            "best_head": max(range(len(heads)), key=lambda h: key(heads[h]))}
+            "best_head": max(range(len(heads)), key=lambda h: following(heads[h]))}
+
+
+def best_layer_and_head(layers: list[dict]) -> tuple[int, int]:
+    """`anchor_alignment`'s result -> (0-based layer, head) of the head that follows best overall."""
+    best = max(layers, key=lambda a: following(a["heads"][a["best_head"]]))
+    return best["layer"] - 1, best["best_head"]
 
 
 def summary(values: list[float]) -> dict:
