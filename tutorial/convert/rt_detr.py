@@ -1,0 +1,5 @@
+"""(to be written) key maps onto the rt_detr presets; see detr.py for the pattern."""
+from __future__ import annotations
+
+MAPS: dict = {}
+CLASS_HEADS: dict = {}
