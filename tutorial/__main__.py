@@ -1,4 +1,4 @@
-"""Command line: `python -m tutorial {data,train,pretrain,eval,predict,ship,exercises} ...` (`--help` on each).
+"""Command line: `python -m tutorial {data,train,pretrain,eval,predict,convert,ship,exercises} ...` (`--help` on each).
 
 Bad input (a missing or malformed file, an unknown model, a wrong checkpoint) prints one line,
 `error: <what is wrong and the fix>`, and exits with status 2; `--debug` shows the traceback.
@@ -76,6 +76,14 @@ def cmd_predict(args) -> None:
                         json=args.json, model=args.model, resize=tuple(args.resize) if args.resize else None)
     results = predict(cfg)
     print(f"{len(results)} detections with score >= {cfg.threshold}")
+
+
+def cmd_convert(args) -> None:
+    from .convert import convert
+
+    summary = convert(args.model, args.src, args.out, source=args.source)
+    print(f"{args.out}: {summary['preset']} from {summary['source']} weights, {summary['source_keys']} keys -> "
+          f"{summary['model_keys']}, {summary['parameters']:,} parameters, {summary['num_classes']} classes")
 
 
 def cmd_pretrain(args) -> None:
@@ -203,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="check the checkpoint against this preset")
     p.add_argument("--resize", type=int, nargs=2, default=None, metavar=("SHORT", "MAX"))
     p.set_defaults(func=cmd_predict)
+
+    p = add_command(sub, "convert", help="an official or Hugging Face checkpoint -> a checkpoint of this package")
+    p.add_argument("--from", dest="source", choices=["official", "transformers"], default=None,
+                   help="the codebase that wrote SRC (default: guessed from its key names)")
+    p.add_argument("--model", required=True, help="the preset to load it into, e.g. detr_r50")
+    p.add_argument("src", help="the .pth / .bin / .safetensors file, or a Hugging Face model folder")
+    p.add_argument("out", help="the checkpoint to write (for eval, predict, load_pretrained)")
+    p.set_defaults(func=cmd_convert)
 
     p = add_command(sub, "ship", help="copy a run's checkpoint to data/checkpoints with a manifest")
     p.add_argument("--run", required=True, help="the run folder (with checkpoint.pt and metrics.jsonl)")

@@ -34,28 +34,33 @@ def keymap_for(preset: str, source: str):
         raise InputError(f"--from {source!r}: expected one of {', '.join(SOURCES)}")
     if preset not in MAPS or source not in MAPS[preset]:
         have = sorted(p for p, m in MAPS.items() if source in m)
-        raise InputError(f"--model {preset!r}: no converter from {source} weights; it has {', '.join(have)}")
+        raise InputError(f"--model {preset!r}: no converter from {source} weights; there is one for "
+                         f"{', '.join(have)}")
     return MAPS[preset][source]
 
 
-def num_classes_of(preset: str, state: dict[str, Tensor], source: str) -> int:
-    """The number of classes the checkpoint's class head was trained for, in our preset's count."""
-    keymap, head = keymap_for(preset, source), CLASS_HEADS[preset]
-    cfg = build_model(preset).state_dict()[head].shape[0] - model_config(preset).num_classes  # +1 with "no object"
-    for key, tensor in state.items():
-        mapped = keymap.target_names(key, tensor) or []
-        if any(name == head for name, _ in mapped):
-            return tensor.shape[0] - cfg
-    return model_config(preset).num_classes
+def class_count(preset: str, model: nn.Module, state: dict[str, Tensor], source: str) -> int:
+    """The number of classes of the checkpoint's class head, counted as `preset`'s config counts
+    them (our head has K + 1 rows where a "no object" class is used, K with a focal loss)."""
+    keymap, head, cfg = keymap_for(preset, source), CLASS_HEADS[preset], model_config(preset)
+    extra = model.state_dict()[head].shape[0] - cfg.num_classes
+    prepared = keymap.prepare(dict(state)) if keymap.prepare else state
+    for key, tensor in prepared.items():
+        if any(name == head for name, _ in keymap.target_names(key, tensor) or []):
+            return tensor.shape[0] - extra
+    return cfg.num_classes
 
 
 def convert_state_dict(preset: str, state: dict[str, Tensor], source: str | None = None,
                        where: str = "checkpoint") -> tuple[nn.Module, dict[str, Tensor]]:
-    """(our model, its state dict) from a foreign state dict; every key accounted for."""
+    """(our model in eval mode, its state dict) from a foreign state dict; every key accounted for."""
     source = source or guess_source(state)
-    keymap = keymap_for(preset, source)
-    model = build_model(preset, num_classes=num_classes_of(preset, state, source))
-    mapped = apply(keymap, state, model.state_dict(), where=f"{where} ({source})")
+    keymap_for(preset, source)  # fail early on an unsupported pair
+    model = build_model(preset)
+    k = class_count(preset, model, state, source)
+    if k != model_config(preset).num_classes:
+        model = build_model(preset, num_classes=k)
+    mapped = apply(keymap_for(preset, source), state, model.state_dict(), where=f"{where} ({source} format)")
     model.load_state_dict(mapped, strict=True)
     return model.eval(), mapped
 
@@ -65,23 +70,30 @@ def convert(preset: str, src: str | os.PathLike, out: str | os.PathLike, source:
     state = read_state_dict(src)
     source = source or guess_source(state)
     model, mapped = convert_state_dict(preset, state, source, where=str(src))
-    cfg = model_config(preset, num_classes=model.num_classes if hasattr(model, "num_classes") else
-                       num_classes_of(preset, state, source))
+    k = class_count(preset, model, state, source)
+    cfg = model_config(preset, num_classes=k)
     save_atomic({"preset": preset, "config": dataclasses.asdict(cfg), "model": mapped,
                  "converted_from": {"source": source, "file": Path(src).name, "keys": len(state)}}, out)
     return {"preset": preset, "source": source, "source_keys": len(state), "model_keys": len(mapped),
-            "parameters": sum(p.numel() for p in model.parameters())}
+            "num_classes": k, "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def is_ours(path: str | os.PathLike) -> bool:
+    """A checkpoint this package wrote (shipped, trained or converted): a dict with a "preset"."""
+    path = Path(path)
+    if not (path.is_file() and path.suffix in (".pt", ".pth")):
+        return False
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not ours (the official files keep an argparse.Namespace)
+        return False
+    return isinstance(obj, dict) and "preset" in obj and "config" in obj
 
 
 def load_pretrained(preset: str, path: str | os.PathLike, source: str | None = None) -> nn.Module:
-    """`preset` with the weights in `path`: a checkpoint of this package (shipped, trained or
-    converted) or an official / Hugging Face file, converted on the fly. In eval mode."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True) if Path(path).is_file() \
-            and Path(path).suffix in (".pt", ".pth") else None
-    except Exception:  # noqa: BLE001 - not ours: fall through to the foreign readers
-        obj = None
-    if isinstance(obj, dict) and "preset" in obj:
+    """`preset` with the weights in `path`, in eval mode: a checkpoint of this package (shipped,
+    trained, or written by `convert`), or an official / Hugging Face file converted on the fly."""
+    if is_ours(path):
         return load_model(path, preset)
     model, _ = convert_state_dict(preset, read_state_dict(path), source, where=str(path))
     return model
