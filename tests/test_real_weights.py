@@ -183,16 +183,15 @@ def test_runner_reads_the_dataset(tmp_path):
     assert r["encoder_attention"][-1].shape[-1] == hf * wf
 
 
-def test_coco_view_names_classes_and_restores(tmp_path):
+def test_views_name_classes_from_the_model(tmp_path):
+    """A 91-class model's views name its predictions with COCO's names, a shapes model's with the shapes'."""
     from tutorial import build_model
     from tutorial.widgets import DecoderAttentionView
 
     torch.manual_seed(0)
     model = build_model("detr_tiny", num_classes=91)
     images = real_weights.RealImages([photo(tmp_path / "a.jpg", 64, 96)], resize=None)
-    original = plots.class_name
-    view = real_weights.coco_view(DecoderAttentionView, model, images, threshold=2.0, num_classes=91)
-    assert plots.class_name is original  # restored after construction
+    view = DecoderAttentionView(model, images, threshold=2.0)
     labels = view.runner(0)["labels"]
     for (text, q) in view.controls["query"].options:
         assert text.startswith(f"q{q}: ")
@@ -200,9 +199,10 @@ def test_coco_view_names_classes_and_restores(tmp_path):
         name = COCO_CLASSES[label] if COCO_CLASSES[label] != "N/A" else f"class {label}"
         assert text.split(": ", 1)[1].rsplit(" ", 1)[0] == name
     view.controls["layer"].value = 0  # a control change redraws with COCO's names too
-    assert plots.class_name is original
     first_name = view.controls["query"].options[0][0].split(": ", 1)[1].rsplit(" ", 1)[0]
     assert f"({first_name} " in view.figure.axes[1].get_title()
+    from tutorial.shapes import CATEGORIES
+    assert plots.class_name(1) == CATEGORIES[0] and plots.class_name(1, COCO_CLASSES) == "person"
 
 
 # --- the notebook section, run for real -------------------------------------------------------

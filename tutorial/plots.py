@@ -86,9 +86,13 @@ def format_ap(metrics: dict | None, keys=tuple(AP_NAMES)) -> str:
     return ", ".join(parts) or "AP ?"
 
 
-def class_name(label: int) -> str:
-    """Category id -> name: 1..5 are the shapes' CATEGORIES; anything else is printed as a number."""
+def class_name(label: int, names: list[str] | None = None) -> str:
+    """Category id -> name: from `names` (indexed by id, `tutorial.class_names.class_names(K)`, e.g.
+    COCO's for a real-weight model) when given, else the shapes' CATEGORIES (ids 1..5); anything
+    else is printed as a number."""
     label = int(label)
+    if names is not None:
+        return names[label] if 0 <= label < len(names) and names[label] != "N/A" else f"class {label}"
     return CATEGORIES[label - 1] if 1 <= label <= len(CATEGORIES) else f"class {label}"
 
 

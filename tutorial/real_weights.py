@@ -16,16 +16,14 @@ Photos are transformed as DETR's validation set (`datasets/coco.py` of the offic
 longer side at most 1333, ImageNet normalisation. `RealImages` returns the (image, target) pairs
 the runners of `tutorial/widgets.py` read (a target with no boxes: a photo has no ground truth).
 
-The models of the papers predict COCO's category ids (K = 91); the views name classes with
-`plots.class_name`, which knows the shapes' names only, so `coco_view` builds a view whose
-drawing uses `tutorial.class_names` instead.
+The models of the papers predict COCO's category ids (K = 91); the views name each model's classes
+from its class count (`tutorial.class_names`), so COCO's names appear without anything to set.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,37 +236,3 @@ def setup(presets: str | tuple[str, ...], folder: str | os.PathLike | None = Non
         return None, "\n".join(lines + [SKIP])
     lines.append(f"{len(photos)} photo(s): {', '.join(p.name for p in photos)}")
     return Real(models, RealImages(photos, resize), found), "\n".join(lines)
-
-
-# --- class names in the views ------------------------------------------------------------------
-
-
-@contextmanager
-def named_classes(num_classes: int):
-    """Inside this block `plots.class_name` names ids as a model with `num_classes` classes does
-    (`tutorial.class_names`: COCO's names for K = 91 or 80)."""
-    names, original = class_names(num_classes), plots.class_name
-    plots.class_name = lambda label: class_name(label, names)
-    try:
-        yield
-    finally:
-        plots.class_name = original
-
-
-def coco_view(view_class, *args, num_classes: int = 91, **kwargs):
-    """`view_class(*args, **kwargs)` (a view of `tutorial/widgets.py`) whose drawing, now and on
-    every later change of a control, names classes with `named_classes(num_classes)`.
-    (The views call `plots.class_name`, which knows only the shapes; giving them a `names` argument
-    is the better fix, in widgets.py and plots.py.)"""
-    with named_classes(num_classes):
-        view = view_class(*args, **kwargs)
-    for method in ("before_render", "render"):  # what a control change calls, looked up on the instance
-        setattr(view, method, _named(getattr(view, method), num_classes))
-    return view
-
-
-def _named(method, num_classes: int):
-    def call(*args, **kwargs):
-        with named_classes(num_classes):
-            return method(*args, **kwargs)
-    return call

@@ -35,6 +35,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from . import plots
+from .class_names import class_names
 from .conditional_detr import ConditionalDETR, positional_attention
 from .dense_detector import time_nms
 from .matcher import MatcherWeights, hungarian_match, matching_cost
@@ -259,6 +260,12 @@ class View:
         self._held = False
         self._picker: widgets.HBox | None = None
 
+    def class_name(self, label: int) -> str:
+        """The name of category id `label` for this view's model (shapes, or COCO for the 91- and
+        80-class presets with real weights); a view of several models uses the one chosen."""
+        runner = self.runners[self.controls["model"].value] if hasattr(self, "runners") else self.runner
+        return plots.class_name(label, class_names(runner.model.cfg.num_classes))
+
     def _watch(self) -> None:
         for control in self.controls.values():
             control.observe(self._changed, names="value")
@@ -395,7 +402,7 @@ class MatchingView(View):
         else:
             self.assignment = hungarian_match(self.costs["total"])  # (n,), (n,)
             term = self.controls["term"].value
-            names = [f"{j}: {plots.class_name(c)}" for j, c in enumerate(t["labels"].tolist())]
+            names = [f"{j}: {self.class_name(c)}" for j, c in enumerate(t["labels"].tolist())]
             plots.plot_cost_matrix(ax_cost, self.costs[term], *self.assignment,
                                    title=f"{term} cost, assignment from the total (white)", col_labels=names)
         self.total = self.costs["total"][self.assignment].sum().item()
@@ -477,7 +484,7 @@ class DecoderAttentionView(View):
         r = self.runner(self.controls["index"].value)
         self.queries, self.confident = confident_queries(r["scores"], self.threshold, self.fallback)
         self.controls["query"].options = [
-            (f"q{q}: {plots.class_name(r['labels'][q])} {r['scores'][q]:.2f}", q) for q in self.queries]
+            (f"q{q}: {self.class_name(r['labels'][q])} {r['scores'][q]:.2f}", q) for q in self.queries]
         self.controls["query"].value = self.queries[0]
 
     def before_render(self, change) -> None:
@@ -502,7 +509,7 @@ class DecoderAttentionView(View):
         head = "mean of heads" if c["head"] == "mean" else f"head {c['head']}"
         self.overlay = plots.attention_overlay(
             ax_attention, r["image"], self.attention_map, r["feature_mask"], vmin=0.0,
-            title=f"query {q} ({plots.class_name(r['labels'][q])} {r['scores'][q]:.2f}):\n"
+            title=f"query {q} ({self.class_name(r['labels'][q])} {r['scores'][q]:.2f}):\n"
                   f"layer {c['layer'] + 1}, {head}",
             colourbar=plots.attention_label(plots.valid_cells(self.attention_map, r["feature_mask"])))
         plots.draw_boxes(ax_attention, r["boxes"][q:q + 1], colours=["cyan"], text=False)
@@ -565,7 +572,7 @@ class SamplingPointsView(View):
         r = self.runner(self.controls["index"].value)
         order = r["scores"].argsort(descending=True).tolist()
         self.controls["query"].options = [
-            (f"q{q}: {plots.class_name(r['labels'][q])} {r['scores'][q]:.2f}", q) for q in order]
+            (f"q{q}: {self.class_name(r['labels'][q])} {r['scores'][q]:.2f}", q) for q in order]
         self.controls["query"].value = order[0] if query is None else query
 
     def _fit_grid(self) -> tuple[int, int]:
@@ -608,7 +615,7 @@ class SamplingPointsView(View):
             ref = r["reference_points"][c["layer"]][q]  # (2,) point or (4,) box, normalised
             self.reference = ref[:2].expand(num_levels, 2)  # (L, 2): the same p̂_q on every level
             box = ref if ref.shape[-1] == 4 else None
-            what = (f"decoder layer {c['layer'] + 1}: query {q} ({plots.class_name(r['labels'][q])} "
+            what = (f"decoder layer {c['layer'] + 1}: query {q} ({self.class_name(r['labels'][q])} "
                     f"{r['scores'][q]:.2f}), reference {'box (dashed)' if box is not None else 'point'}")
         self.locations, self.weights = locations, weights
         head = "all heads: colour = head" if c["head"] == "all" else f"head {c['head']}: colour ∝ weight"
@@ -687,7 +694,7 @@ class PositionalAttentionView(View):
             plots.draw_reference(ax_pos, ref, r["image"].shape[-2:])
         plots.attention_overlay(ax_attn, r["image"], self.attention_map, r["feature_mask"], vmin=0.0,
                                 title=f"full cross-attention (content + position)\npredicted "
-                                      f"{plots.class_name(r['labels'][q])} {r['scores'][q]:.2f} (cyan)",
+                                      f"{self.class_name(r['labels'][q])} {r['scores'][q]:.2f} (cyan)",
                                 colourbar=plots.attention_label(plots.valid_cells(self.attention_map,
                                                                                   r["feature_mask"])))
         plots.draw_boxes(ax_attn, r["boxes"][q:q + 1], colours=["cyan"], text=False)
