@@ -47,7 +47,7 @@ RECIPES = {
     # RT-DETR's official optimiser (rtdetr_pytorch configs/rtdetr/include/optimizer.yml): AdamW, lr 1e-4,
     # weight decay 1e-4, batch 16 (train's default), gradient clipping 0.1 (the default). Its backbone lr
     # 1e-5 is for an ImageNet-pretrained ResNet-vd; ours trains from scratch, so it gets the rest's lr.
-    # The Mamba detector (AIFI -> SS2D, tutorial/mamba_detector.py) trains with the same recipe.
+    # The Mamba detector (AIFI -> SS2D, tutorial/models/mamba_detector.py) trains with the same recipe.
     "rtdetr_tiny": ["--lr", "1e-4", "--lr-backbone", "1e-4", "--weight-decay", "1e-4"],
     "rtdetr_mamba_tiny": ["--lr", "1e-4", "--lr-backbone", "1e-4", "--weight-decay", "1e-4"],
 }
@@ -80,8 +80,8 @@ def train_command(model: str, out: Path, budget: float, threads: int | None) -> 
 
 
 def read_curve(run: Path) -> list[dict]:
-    from tutorial.evaluate import METRICS
-    from tutorial.ship import read_metrics
+    from tutorial.training.evaluate import METRICS
+    from tutorial.training.ship import read_metrics
 
     return [{k: r[k] for k in ("epoch", "train_time", "cpu_time", *METRICS, "IS") if k in r}
             for r in read_metrics(run) if "AP" in r]

@@ -11,9 +11,9 @@ The input (the same for every encoder of a config): the backbone's three maps at
 - tiny: a 160 x 160 image (the shapes set's largest side) and rtdetr_tiny's narrow ResNet18-vd's
   channels 64, 128, 256: maps 20x20, 10x10, 5x5 (525 tokens).
 The encoders, each from the backbone maps to the decoder's memory, input projection included:
-- "hybrid": RT-DETR's (`tutorial/hybrid_encoder.py`): 1x1 conv + BN per level, AIFI (one transformer
+- "hybrid": RT-DETR's (`tutorial/models/hybrid_encoder.py`): 1x1 conv + BN per level, AIFI (one transformer
   layer on S5), CCFM (FPN + PAN). Paper: rtdetr_r50's, C=256; tiny: rtdetr_tiny's, C=128.
-- "deformable_3l": Deformable DETR's (`tutorial/deformable_transformer.py`): 1x1 conv + GroupNorm per
+- "deformable_3l": Deformable DETR's (`tutorial/models/deformable_transformer.py`): 1x1 conv + GroupNorm per
   level, sine positions + level embeddings, then deformable encoder layers over all tokens of the
   same 3 levels. Paper: deformable_detr_r50's 6 layers, C=256, 8 heads, 4 points, FFN 1024; tiny:
   deformable_detr_tiny's 3 layers, C=128, FFN 512.
@@ -47,12 +47,12 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import time_runs  # noqa: E402
-from tutorial.deformable_detr import DeformableDETR, MultiScaleProjection  # noqa: E402
-from tutorial.deformable_transformer import DeformableEncoder, DeformableTransformerConfig  # noqa: E402
-from tutorial.hybrid_encoder import HybridEncoder  # noqa: E402
+from tutorial.models.deformable_detr import DeformableDETR, MultiScaleProjection  # noqa: E402
+from tutorial.models.deformable_transformer import DeformableEncoder, DeformableTransformerConfig  # noqa: E402
+from tutorial.models.hybrid_encoder import HybridEncoder  # noqa: E402
 from tutorial.models import model_config  # noqa: E402
-from tutorial.position_encoding import SinePositionEncoding  # noqa: E402
-from tutorial.presnet import PResNet  # noqa: E402
+from tutorial.ops.position_encoding import SinePositionEncoding  # noqa: E402
+from tutorial.models.presnet import PResNet  # noqa: E402
 
 CONFIGS = {
     "paper": dict(image=640, rtdetr="rtdetr_r50", deformable="deformable_detr_r50"),

@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import checkpoint_stamp, read_previous, write_json  # noqa: E402
 from tutorial import figure_metrics as fm  # noqa: E402
-from tutorial.checkpoint import load_model  # noqa: E402
-from tutorial.dataset import DetectionDataset  # noqa: E402
+from tutorial.training.checkpoint import load_model  # noqa: E402
+from tutorial.data.dataset import DetectionDataset  # noqa: E402
 
 CHECKPOINTS = ROOT / "data" / "checkpoints"
 
@@ -101,7 +101,7 @@ def convergence() -> dict:
 
 
 def curve(run: Path) -> list[dict]:
-    from tutorial.ship import read_metrics
+    from tutorial.training.ship import read_metrics
 
     return [{k: r.get(k) for k in ("epoch", "cpu_time", "AP", "AP50")} for r in read_metrics(run) if "AP" in r]
 

@@ -1,4 +1,4 @@
-"""The kernels of `tutorial/cuda/`: build times, the CPU extension against the PyTorch references on
+"""The kernels of `tutorial/ops/cuda/`: build times, the CPU extension against the PyTorch references on
 this CPU, and, on a GPU, each CUDA kernel's time and effective bandwidth.
 
     python bench/kernels.py                 # writes bench/results/kernels.json
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from tutorial import kernels  # noqa: E402
+from tutorial.ops import kernels  # noqa: E402
 
 DEFORM = dict(batch=2, heads=8, channels=32, shapes=[(100, 150), (50, 75), (25, 38), (13, 19)], points=4)
 SCAN = dict(batch=2, channels=1536, state=16, lengths=[1024, 2048, 4096, 8192, 16384])

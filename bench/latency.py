@@ -1,6 +1,6 @@
 """Speed and accuracy on this CPU, the seed's RT-DETR tables in miniature: end-to-end latency at
 batch 1 and COCO AP on the shapes val set for
-- the dense NMS baseline (`tutorial/dense_detector.py`, data/checkpoints/dense_tiny.pt) at each NMS
+- the dense NMS baseline (`tutorial/models/dense_detector.py`, data/checkpoints/dense_tiny.pt) at each NMS
   setting, with the NMS step timed alone: the seed's NMS table of YOLOv8 ("NMS execution time"), AP
   and NMS time against the IoU threshold at confidence 0.001, and against the confidence threshold
   at IoU 0.7;
@@ -18,7 +18,7 @@ threshold, pre-NMS top-k and NMS), `--warmup` runs excluded, then the median and
 runs. All settings of one model are timed round-robin (run i of every setting, then run i + 1, ...,
 `bench.common.time_runs`) in one fresh subprocess per model, so that a change of machine load hits
 all of a model's settings alike and one model's memory does not weigh on the next.
-NMS time: `tutorial.dense_detector.time_nms` (the confidence threshold, the pre-NMS top-k and
+NMS time: `tutorial.models.dense_detector.time_nms` (the confidence threshold, the pre-NMS top-k and
 `batched_nms`, nothing else: the seed's "NMS (ms)") on each val image's own outputs at batch 1, the
 median of `--nms-repeats` runs per image, then the mean over the images (ms per image).
 AP: COCOeval over the first `--val-images` val images (default: all), each at its own size,
@@ -43,9 +43,9 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import time_runs  # noqa: E402
-from tutorial.dataset import DetectionDataset, collate  # noqa: E402
-from tutorial.dense_detector import time_nms  # noqa: E402
-from tutorial.evaluate import coco_detections, coco_metrics, evaluate  # noqa: E402
+from tutorial.data.dataset import DetectionDataset, collate  # noqa: E402
+from tutorial.models.dense_detector import time_nms  # noqa: E402
+from tutorial.training.evaluate import coco_detections, coco_metrics, evaluate  # noqa: E402
 
 CHECKPOINTS = ROOT / "data" / "checkpoints"
 MODELS = {"dense": "dense_tiny.pt", "rtdetr": "rtdetr_tiny.pt", "dino": "dino_tiny.pt"}
@@ -163,7 +163,7 @@ def manifest(path: Path) -> dict:
 
 def child(kind: str, checkpoint: str, data: str, warmup: int, repeats: int) -> dict:
     """Run in a subprocess: the latency of every setting of one model."""
-    from tutorial.checkpoint import load_model
+    from tutorial.training.checkpoint import load_model
 
     model = load_model(checkpoint)
     dataset = DetectionDataset(data, "val", num_classes=model.cfg.num_classes)
@@ -187,8 +187,8 @@ def main() -> None:
         print(json.dumps(child(*args.one, args.data, args.warmup, args.repeats)))
         return
     from bench.common import RESULTS, write_json
-    from tutorial import plots
-    from tutorial.checkpoint import load_model
+    from tutorial.viz import plots
+    from tutorial.training.checkpoint import load_model
 
     started = time.perf_counter()
     report: dict = {"command": " ".join(["python", "bench/latency.py", *sys.argv[1:]]),

@@ -42,7 +42,7 @@ def measure(config: str, impl: str, backward: bool, repeats: int) -> dict:
     """Run in a subprocess: time and peak memory of one configuration."""
     import torch
 
-    from tutorial.deformable_attention import ms_deform_attn_core, ms_deform_attn_explicit
+    from tutorial.ops.deformable_attention import ms_deform_attn_core, ms_deform_attn_explicit
 
     c = CONFIGS[config]
     fn = {"grid_sample": ms_deform_attn_core, "explicit": ms_deform_attn_explicit}[impl]

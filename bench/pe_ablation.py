@@ -3,7 +3,7 @@
     python bench/pe_ablation.py train --epochs 6 --train-images 2500 --threads 1   # runs/pe_ablation/row*
     python bench/pe_ablation.py report --epochs 6                                    # bench/results/pe_ablation.json
 
-Each row of `tutorial.detr.PE_ABLATION` trains with the first phase of the shipped detr_tiny's
+Each row of `tutorial.models.detr.PE_ABLATION` trains with the first phase of the shipped detr_tiny's
 recipe (pretrained resnet_tiny backbone, `--lr 2e-4 --lr-backbone 1e-4`, batch 16, seed 42, bf16
 autocast, the learning rate still undropped: `--lr-drop 60`, epochs of the first `--train-images`
 train images) for the same number of epochs; only where (and whether) positions enter differs.
@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tutorial.detr import PE_ABLATION  # noqa: E402
+from tutorial.models.detr import PE_ABLATION  # noqa: E402
 
 SEED_TABLE = {  # DETR Table 3 (COCO val, R50, 300 epochs): AP, AP50
     ("none", "none", "learned at input"): (32.8, 55.2),

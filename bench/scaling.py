@@ -9,12 +9,12 @@ four steps. One token-mixing operation on N tokens of width C = 256, batch 1, on
 
 - softmax attention, 8 heads of 32 channels, self-attention (q, k, v all (1, 8, N, 32); the
   projections, which cost O(N), are left out):
-  "attention (explicit)" = `tutorial.attention.scaled_dot_product_attention`, which materialises
+  "attention (explicit)" = `tutorial.ops.attention.scaled_dot_product_attention`, which materialises
   the (1, 8, N, N) weights (what DETR's and AIFI's `need_weights=True` path runs);
   "attention (fused)" = `torch.nn.functional.scaled_dot_product_attention`, PyTorch's fused
   kernel (on a CPU a flash-attention-style loop over blocks of keys: the N x N weights are never
   stored, so its memory is O(N), but its time is still O(N²));
-- the selective scan (Mamba's S6, `tutorial.selective_scan.selective_scan`, steps 1-4) over
+- the selective scan (Mamba's S6, `tutorial.ssm.selective_scan.selective_scan`, steps 1-4) over
   D = 256 channels with state size 16 (Mamba's default), input-dependent Δ, B, C and the skip D,
   with each of its three scans: "scan (sequential)" the Python loop over t (the reference),
   "scan (parallel)" the odd/even scan with the reverse-scan backward, "scan (chunked)" chunks of
@@ -73,8 +73,8 @@ def make_call(method: str, length: int, backward: bool):
     import torch
     import torch.nn.functional as F
 
-    from tutorial.attention import scaled_dot_product_attention
-    from tutorial.selective_scan import selective_scan
+    from tutorial.ops.attention import scaled_dot_product_attention
+    from tutorial.ssm.selective_scan import selective_scan
 
     s = SHAPES
     g = torch.Generator().manual_seed(0)
@@ -174,7 +174,7 @@ def main() -> None:
 
     matplotlib.use("Agg")
     from bench.common import RESULTS, write_json
-    from tutorial.plots import plot_scaling
+    from tutorial.viz.plots import plot_scaling
 
     if args.replot:
         fig = plot_scaling(json.loads((RESULTS / f"{args.name}.json").read_text()))

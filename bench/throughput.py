@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import write_json  # noqa: E402
 from tutorial import build_model  # noqa: E402
-from tutorial.dataset import DetectionDataset, collate  # noqa: E402
-from tutorial.train import to_float  # noqa: E402
+from tutorial.data.dataset import DetectionDataset, collate  # noqa: E402
+from tutorial.training.train import to_float  # noqa: E402
 
 
 TINY = ["detr_tiny", "deformable_detr_tiny", "conditional_detr_tiny", "dab_detr_tiny", "dn_detr_tiny", "dino_tiny",

@@ -17,7 +17,7 @@ def impl(request) -> str:
 @pytest.fixture(scope="session")
 def small_shapes(tmp_path_factory) -> Path:
     """A small shapes set (64 train, 16 val images), generated once per test session."""
-    from tutorial.shapes import ShapesConfig, generate
+    from tutorial.data.shapes import ShapesConfig, generate
 
     root = tmp_path_factory.mktemp("shapes")
     return generate(root, ShapesConfig(num_train=64, num_val=16), workers=1, progress=False)

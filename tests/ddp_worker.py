@@ -4,7 +4,7 @@ import sys
 
 import torch
 
-from tutorial.train import TrainConfig, train
+from tutorial.training.train import TrainConfig, train
 
 TINY = {"transformer": {"num_encoder_layers": 1, "num_decoder_layers": 1, "d_model": 32, "dim_feedforward": 64},
         "num_queries": 15, "backbone": {"depths": [1, 1], "return_layers": ["layer2"]}}

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import tutorial
-from tutorial.checkpoint import CheckpointError, load_model, save_atomic
-from tutorial.dataset import DatasetError, DetectionDataset
-from tutorial.train import NonFiniteLossError, TrainConfig, train
+from tutorial.training.checkpoint import CheckpointError, load_model, save_atomic
+from tutorial.data.dataset import DatasetError, DetectionDataset
+from tutorial.training.train import NonFiniteLossError, TrainConfig, train
 
 TINY = {"transformer": {"num_encoder_layers": 1, "num_decoder_layers": 1, "d_model": 32, "dim_feedforward": 64},
         "num_queries": 15, "backbone": {"depths": [1, 1], "return_layers": ["layer2"]}}
@@ -93,7 +93,7 @@ def tiny_train_config(data, out, **kw) -> TrainConfig:
 
 def test_empty_images_train_and_evaluate(tmp_path):
     """A set whose images have no objects at all trains (all predictions -> no object) and evaluates."""
-    from tutorial.shapes import ShapesConfig, generate
+    from tutorial.data.shapes import ShapesConfig, generate
 
     root = generate(tmp_path / "empty", ShapesConfig(num_train=8, num_val=4, empty_fraction=1.0), workers=1,
                     progress=False)
@@ -108,7 +108,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(small_shapes, tmp
     train(tiny_train_config(small_shapes, out))
     before = (out / "checkpoint.pt").read_bytes()
 
-    from tutorial import criterion
+    from tutorial.matching import criterion
 
     original = criterion.SetCriterion.forward
 

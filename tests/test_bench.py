@@ -10,10 +10,10 @@ import tutorial
 from bench.common import time_runs
 from bench.encoder_cost import DeformableEncoderPath, count_flops
 from bench.latency import depth_rows, dense_outputs, latency_functions, nms_rows, nms_settings, setting_name
-from tutorial.dataset import DetectionDataset
-from tutorial.deformable_transformer import DeformableTransformerConfig
-from tutorial.evaluate import evaluate
-from tutorial.hybrid_encoder import HybridEncoder, HybridEncoderConfig
+from tutorial.data.dataset import DetectionDataset
+from tutorial.models.deformable_transformer import DeformableTransformerConfig
+from tutorial.training.evaluate import evaluate
+from tutorial.models.hybrid_encoder import HybridEncoder, HybridEncoderConfig
 
 torch.set_num_threads(1)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tutorial.checkpoint import load_model
-from tutorial.dataset import DetectionDataset
-from tutorial.evaluate import evaluate
+from tutorial.training.checkpoint import load_model
+from tutorial.data.dataset import DetectionDataset
+from tutorial.training.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((ROOT / "data" / "checkpoints").glob("*.json"))

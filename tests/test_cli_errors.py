@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from tutorial.__main__ import main
-from tutorial.checkpoint import CheckpointError
-from tutorial.dataset import DatasetError
+from tutorial.training.checkpoint import CheckpointError
+from tutorial.data.dataset import DatasetError
 from tutorial.errors import ConfigError, InputError, UnknownModelError
 from tutorial.models import model_config
 

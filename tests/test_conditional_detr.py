@@ -7,9 +7,9 @@ import math
 import torch
 
 import tutorial
-from tutorial.attention import PreProjectedAttention
-from tutorial.conditional_detr import ConditionalDecoderLayer, concat_heads, positional_attention
-from tutorial.transformer import TransformerConfig
+from tutorial.ops.attention import PreProjectedAttention
+from tutorial.models.conditional_detr import ConditionalDecoderLayer, concat_heads, positional_attention
+from tutorial.models.transformer import TransformerConfig
 
 from .tiny import padded_batch, small_model
 

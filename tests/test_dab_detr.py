@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import tutorial
-from tutorial.dab_detr import modulate_hw
+from tutorial.models.dab_detr import modulate_hw
 from tutorial.exercises import BY_NAME, implementation
-from tutorial.position_encoding import anchor_position_encoding, sine_position_encoding
+from tutorial.ops.position_encoding import anchor_position_encoding, sine_position_encoding
 
 from .tiny import padded_batch, small_model
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tutorial.dataset import DetectionDataset, collate
-from tutorial.shapes import CATEGORIES, PRESETS, ShapesConfig, draw_image, generate, make_image, make_labelled_image
+from tutorial.data.dataset import DetectionDataset, collate
+from tutorial.data.shapes import CATEGORIES, PRESETS, ShapesConfig, draw_image, generate, make_image, make_labelled_image
 
 
 def test_generation_is_deterministic_and_independent_of_workers(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tutorial.deformable_attention import (MSDeformAttn, bilinear_sample, map_coverage, ms_deform_attn_core,
+from tutorial.ops.deformable_attention import (MSDeformAttn, bilinear_sample, map_coverage, ms_deform_attn_core,
                                           ms_deform_attn_explicit)
 
 SHAPES = [(6, 9), (3, 5), (2, 2), (1, 3)]  # non-square levels, a 1-row level

@@ -8,10 +8,10 @@ import torch
 from torchvision.ops import box_iou
 
 import tutorial
-from tutorial.dense_detector import assign_targets, time_nms
-from tutorial.evaluate import evaluate
-from tutorial.dataset import DetectionDataset
-from tutorial.train import TrainConfig, train
+from tutorial.models.dense_detector import assign_targets, time_nms
+from tutorial.training.evaluate import evaluate
+from tutorial.data.dataset import DetectionDataset
+from tutorial.training.train import TrainConfig, train
 
 torch.set_num_threads(1)
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import tutorial
-from tutorial.attention import MultiHeadAttention
-from tutorial.detr import PE_ABLATION
-from tutorial.position_encoding import LearnedPositionEncoding, sine_position_encoding
+from tutorial.ops.attention import MultiHeadAttention
+from tutorial.models.detr import PE_ABLATION
+from tutorial.ops.position_encoding import LearnedPositionEncoding, sine_position_encoding
 
 
 def count(model) -> int:
@@ -171,7 +171,7 @@ def test_positional_attention_is_the_cross_attention_of_positions_alone():
 def test_fused_attention_runs_in_float32_under_cpu_autocast():
     """Under bf16 autocast on the CPU the fused attention computes in float32 (its bf16 backward is
     several times slower there): same values as outside autocast, gradients flow."""
-    from tutorial.attention import allowed_mask, fused_attention
+    from tutorial.ops.attention import allowed_mask, fused_attention
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, 7, 8, requires_grad=True) for _ in range(3))

@@ -7,10 +7,10 @@ import torch
 from torchvision.ops import box_convert, sigmoid_focal_loss
 
 import tutorial
-from tutorial.deformable_transformer import DeformableTransformerConfig
-from tutorial.dino import DINODecoder, contrastive_denoising_loss, contrastive_groups, noise_box_corners
-from tutorial.dn_detr import dn_attention_mask
-from tutorial.mlp import MLP
+from tutorial.models.deformable_transformer import DeformableTransformerConfig
+from tutorial.models.dino import DINODecoder, contrastive_denoising_loss, contrastive_groups, noise_box_corners
+from tutorial.models.dn_detr import dn_attention_mask
+from tutorial.ops.mlp import MLP
 
 from .tiny import padded_batch, small_model
 

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 import tutorial
 from tutorial.checks import dn_mask_loop
-from tutorial.dn_detr import denoising_loss, dn_attention_mask, make_denoising_groups, noise_boxes, noise_labels
+from tutorial.models.dn_detr import denoising_loss, dn_attention_mask, make_denoising_groups, noise_boxes, noise_labels
 from tutorial.exercises import BY_NAME
-from tutorial.train import TrainConfig, train_one_epoch
+from tutorial.training.train import TrainConfig, train_one_epoch
 
 torch.set_num_threads(1)
 

@@ -38,7 +38,7 @@ def test_exercise(exercise, impl):
 
 
 BROKEN_BOX_OPS = """
-from tutorial.box_ops import box_iou as reference_box_iou
+from tutorial.ops.box_ops import box_iou as reference_box_iou
 
 
 def box_iou(boxes1, boxes2):
@@ -47,14 +47,14 @@ def box_iou(boxes1, boxes2):
 
 
 def box_cxcywh_to_xyxy(boxes):
-    raise NotImplementedError("exercise: box_cxcywh_to_xyxy (see tutorial/box_ops.py)")
+    raise NotImplementedError("exercise: box_cxcywh_to_xyxy (see tutorial/ops/box_ops.py)")
 """
 
 # Imports a broken `exercises` package from sys.argv[1] before pytest puts the repository's on the path.
 RUN_WITH_BROKEN_EXERCISES = """
 import sys
 sys.path.insert(0, sys.argv.pop(1))
-import exercises.box_ops
+import exercises.ops.box_ops
 import pytest
 sys.exit(pytest.main(sys.argv[1:]))
 """
@@ -62,9 +62,10 @@ sys.exit(pytest.main(sys.argv[1:]))
 
 def test_failing_exercise_reads_like_a_checker(tmp_path):
     """`pytest --impl exercises` on a wrong and an unattempted exercise: one line each, no traceback."""
-    (tmp_path / "exercises").mkdir()
+    (tmp_path / "exercises" / "ops").mkdir(parents=True)
     (tmp_path / "exercises" / "__init__.py").write_text("")
-    (tmp_path / "exercises" / "box_ops.py").write_text(BROKEN_BOX_OPS)
+    (tmp_path / "exercises" / "ops" / "__init__.py").write_text("")
+    (tmp_path / "exercises" / "ops" / "box_ops.py").write_text(BROKEN_BOX_OPS)
     env = {k: v for k, v in os.environ.items() if k != "TUTORIAL_IMPL" and not k.startswith("PYTEST_")}
     run = subprocess.run([sys.executable, "-c", RUN_WITH_BROKEN_EXERCISES, str(tmp_path), "tests/test_exercises.py",
                           "--impl", "exercises", "-k", "box_ops.box_iou or box_ops.box_cxcywh_to_xyxy",
@@ -72,13 +73,13 @@ def test_failing_exercise_reads_like_a_checker(tmp_path):
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     out = run.stdout + run.stderr
     assert run.returncode == 1, out
-    failure = re.search(r"_+ test_exercise\[box_ops\.box_iou\] _+\n(.*?)\n=+", out, re.S)
+    failure = re.search(r"_+ test_exercise\[ops\.box_ops\.box_iou\] _+\n(.*?)\n=+", out, re.S)
     assert failure, out
     lines = [line for line in failure.group(1).splitlines() if line.strip()]
     assert len(lines) == 1, out
     assert re.fullmatch(r"✗ box_iou \(IoU\): max \|diff\| = 1\.000e-01 exceeds tolerance 1e-12 "
-                        r"\(exercises/box_ops\.py\)\. Hint: .+", lines[0]), lines[0]
-    assert "box_ops.box_cxcywh_to_xyxy is not implemented yet: edit exercises/box_ops.py" in out
+                        r"\(exercises/ops/box_ops\.py\)\. Hint: .+", lines[0]), lines[0]
+    assert "box_ops.box_cxcywh_to_xyxy is not implemented yet: edit exercises/ops/box_ops.py" in out
     assert "Traceback" not in out and not re.search(r"^(E |>)", out, re.M), out  # no source listing either
 
 
@@ -110,9 +111,9 @@ def _functions(source: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("module", sorted({e.module for e in EXERCISES}))
 def test_stubs_in_sync_with_package(module):
-    """exercises/<module>.py has exactly the package's exercise signatures and docstrings
+    """exercises/<folder>/<module>.py has exactly the package's exercise signatures and docstrings
     (regenerate with `python -m tutorial exercises --force` after changing an exercise)."""
-    committed = (ROOT / "exercises" / f"{module}.py").read_text()
+    committed = (ROOT / "exercises" / (module.replace(".", "/") + ".py")).read_text()
     assert _functions(committed) == _functions(stub_source(module))
     for e in EXERCISES:
         if e.module == module:
@@ -122,16 +123,17 @@ def test_stubs_in_sync_with_package(module):
 def test_every_marked_function_is_an_exercise():
     """A docstring marked [exercise] in the package is registered in EXERCISES (and vice versa)."""
     marked = set()
-    for path in (ROOT / "tutorial").glob("*.py"):
+    for path in (ROOT / "tutorial").rglob("*.py"):
+        module = ".".join(path.relative_to(ROOT / "tutorial").with_suffix("").parts)
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.FunctionDef) and "[exercise]" in (ast.get_docstring(node) or ""):
-                marked.add((path.stem, node.name))
+                marked.add((module, node.name))
     assert marked == {(e.module, e.function) for e in EXERCISES}
 
 
 def test_stubs_raise_not_implemented():
     """In exercises mode an untouched stub raises NotImplementedError (reported as skipped)."""
     namespace: dict = {}
-    exec(compile(stub_source("box_ops"), "stub", "exec"), namespace)
+    exec(compile(stub_source("ops.box_ops"), "stub", "exec"), namespace)
     with pytest.raises(NotImplementedError):
         namespace["box_iou"](None, None)

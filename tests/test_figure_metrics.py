@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from tutorial import figure_metrics as fm
-from tutorial.dataset import DetectionDataset
-from tutorial.matcher import MatcherWeights
+from tutorial.data.dataset import DetectionDataset
+from tutorial.matching.matcher import MatcherWeights
 
 
 class StubDETR(nn.Module):
@@ -79,7 +79,7 @@ def test_cell_grid_takes_cell_centres():
 
 
 def test_generator_config_round_trips(val):
-    from tutorial.shapes import ShapesConfig
+    from tutorial.data.shapes import ShapesConfig
 
     assert fm.generator_config(val) == ShapesConfig(num_train=64, num_val=16)
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tutorial.hybrid_encoder import AIFI, HybridEncoder, HybridEncoderConfig, RepVggBlock, sincos_position_encoding_2d
+from tutorial.models.hybrid_encoder import AIFI, HybridEncoder, HybridEncoderConfig, RepVggBlock, sincos_position_encoding_2d
 
 torch.set_num_threads(1)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tutorial
-from tutorial.instability import instability, matched_targets
+from tutorial.training.instability import instability, matched_targets
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""The kernels of `tutorial/cuda/` against the PyTorch references.
+"""The kernels of `tutorial/ops/cuda/` against the PyTorch references.
 
 On every machine: the CPU extension, which runs the CUDA kernels' per-thread functions over the
 same index space, against `ms_deform_attn_core` / `ms_deform_attn_explicit` and `selective_scan`
@@ -15,9 +15,9 @@ import shutil
 import pytest
 import torch
 
-from tutorial import kernels
-from tutorial.deformable_attention import MSDeformAttn, ms_deform_attn_core, ms_deform_attn_explicit
-from tutorial.selective_scan import selective_scan as scan_reference
+from tutorial.ops import kernels
+from tutorial.ops.deformable_attention import MSDeformAttn, ms_deform_attn_core, ms_deform_attn_explicit
+from tutorial.ssm.selective_scan import selective_scan as scan_reference
 
 F64, F32 = torch.float64, torch.float32
 HAS_GPU = torch.cuda.is_available()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tutorial.backbone import feature_mask
+from tutorial.models.backbone import feature_mask
 
 from .tiny import small_model
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tutorial.mamba import MambaBlock, MambaConfig, mamba_block_130m, mamba_block_tiny
+from tutorial.ssm.mamba import MambaBlock, MambaConfig, mamba_block_130m, mamba_block_tiny
 
 F64 = torch.float64
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import tutorial
-from tutorial.checkpoint import load_model
-from tutorial.hybrid_encoder import HybridEncoderConfig
-from tutorial.mamba_detector import MambaRTDETR, MambaRTDETRConfig, SS2DEncoder, rtdetr_mamba_tiny
-from tutorial.ss2d import SS2DConfig
+from tutorial.training.checkpoint import load_model
+from tutorial.models.hybrid_encoder import HybridEncoderConfig
+from tutorial.models.mamba_detector import MambaRTDETR, MambaRTDETRConfig, SS2DEncoder, rtdetr_mamba_tiny
+from tutorial.ssm.ss2d import SS2DConfig
 
 from .tiny import padded_batch, small_model
 
@@ -73,7 +73,7 @@ def test_differs_from_rtdetr_tiny_only_in_the_mixer():
         "ffn.linear1.weight", "ffn.linear1.bias", "ffn.linear2.weight", "ffn.linear2.bias",
         "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias")}
     # the configs agree on everything RT-DETR has
-    base, cfg = dataclasses.asdict(tutorial.rt_detr.rtdetr_tiny()), dataclasses.asdict(rtdetr_mamba_tiny())
+    base, cfg = dataclasses.asdict(tutorial.models.rt_detr.rtdetr_tiny()), dataclasses.asdict(rtdetr_mamba_tiny())
     assert {k: v for k, v in cfg.items() if k != "ss2d"} == base
 
 

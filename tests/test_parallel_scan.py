@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tutorial.checks import check_parallel_scan, check_scan_combine, linear_recurrence_loop
-from tutorial.parallel_scan import (chunked_scan, parallel_scan, parallel_scan_fn, scan_combine,
+from tutorial.ssm.parallel_scan import (chunked_scan, parallel_scan, parallel_scan_fn, scan_combine,
                                     sequential_scan)
 
 F64 = torch.float64

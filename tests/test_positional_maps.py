@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from tutorial import figure_metrics as fm
-from tutorial.deformable_transformer import inverse_sigmoid
-from tutorial.dataset import DetectionDataset
-from tutorial.widgets import QueryRunner, select_head
+from tutorial.models.deformable_transformer import inverse_sigmoid
+from tutorial.data.dataset import DetectionDataset
+from tutorial.viz.widgets import QueryRunner, select_head
 
 from .tiny import small_model
 

@@ -10,11 +10,11 @@ import sys
 import pytest
 from PIL import Image
 
-from tutorial.checkpoint import save_atomic, shippable
-from tutorial.class_names import COCO_CLASSES, class_name, class_names
+from tutorial.training.checkpoint import save_atomic, shippable
+from tutorial.data.class_names import COCO_CLASSES, class_name, class_names
 from tutorial.models import build_model
-from tutorial.predict import ImageError, PredictConfig, predict
-from tutorial.shapes import ShapesConfig, make_image
+from tutorial.training.predict import ImageError, PredictConfig, predict
+from tutorial.data.shapes import ShapesConfig, make_image
 
 from .conftest import ROOT
 
@@ -93,7 +93,7 @@ def test_bad_inputs(tmp_path):
     not_ckpt.write_text("hello")
     fake = tmp_path / "fake.png"
     Image.new("RGB", (8, 8)).save(fake)
-    from tutorial.checkpoint import CheckpointError
+    from tutorial.training.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         predict(PredictConfig(str(not_ckpt), str(fake), str(tmp_path / "o.png")))
     with pytest.raises(CheckpointError, match="does not exist"):

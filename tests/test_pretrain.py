@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import tutorial
-from tutorial.backbone import Backbone, tiny_backbone
-from tutorial.pretrain import (PRETRAINED_DIR, DenseHead, PretrainConfig, batch, build_backbone, cell_labels,
+from tutorial.models.backbone import Backbone, tiny_backbone
+from tutorial.training.pretrain import (PRETRAINED_DIR, DenseHead, PretrainConfig, batch, build_backbone, cell_labels,
                                dense_loss, generate, pretrain, resolve_weights)
-from tutorial.shapes import PRESETS, make_image, make_labelled_image
+from tutorial.data.shapes import PRESETS, make_image, make_labelled_image
 
 
 def test_resolve_weights():

@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from tutorial import plots, real_weights
-from tutorial.class_names import COCO_CLASSES
-from tutorial.dataset import IMAGENET_MEAN, IMAGENET_STD
+from tutorial.viz import plots
+from tutorial import real_weights
+from tutorial.data.class_names import COCO_CLASSES
+from tutorial.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -172,7 +173,7 @@ def test_dataset_is_detr_val_transform(tmp_path):
 
 def test_runner_reads_the_dataset(tmp_path):
     from tutorial import build_model
-    from tutorial.widgets import ModelRunner
+    from tutorial.viz.widgets import ModelRunner
 
     torch.manual_seed(0)
     model = build_model("detr_tiny")
@@ -186,7 +187,7 @@ def test_runner_reads_the_dataset(tmp_path):
 def test_views_name_classes_from_the_model(tmp_path):
     """A 91-class model's views name its predictions with COCO's names, a shapes model's with the shapes'."""
     from tutorial import build_model
-    from tutorial.widgets import DecoderAttentionView
+    from tutorial.viz.widgets import DecoderAttentionView
 
     torch.manual_seed(0)
     model = build_model("detr_tiny", num_classes=91)
@@ -201,7 +202,7 @@ def test_views_name_classes_from_the_model(tmp_path):
     view.controls["layer"].value = 0  # a control change redraws with COCO's names too
     first_name = view.controls["query"].options[0][0].split(": ", 1)[1].rsplit(" ", 1)[0]
     assert f"({first_name} " in view.figure.axes[1].get_title()
-    from tutorial.shapes import CATEGORIES
+    from tutorial.data.shapes import CATEGORIES
     assert plots.class_name(1) == CATEGORIES[0] and plots.class_name(1, COCO_CLASSES) == "person"
 
 
@@ -213,7 +214,7 @@ def test_detr_section_runs_on_saved_detr_r50(monkeypatch, tmp_path):
     """Notebook 02's "With the official weights" cells, on a random-weight detr_r50 in our format
     (`<folder>/detr_r50.pt`) and a 480×640 JPEG, photos resized to (320, 480) to stay fast."""
     from tutorial import build_model
-    from tutorial.checkpoint import save_atomic
+    from tutorial.training.checkpoint import save_atomic
     from tutorial.models import model_config
 
     torch.manual_seed(0)
@@ -246,7 +247,7 @@ def test_detr_section_runs_on_saved_detr_r50(monkeypatch, tmp_path):
 def test_other_sections_run_on_saved_r50(monkeypatch, tmp_path, notebook, presets, view):
     """Notebooks 03 and 04's sections, the same way: random-weight R50 presets in our format."""
     from tutorial import build_model
-    from tutorial.checkpoint import save_atomic
+    from tutorial.training.checkpoint import save_atomic
     from tutorial.models import model_config
 
     torch.manual_seed(0)

@@ -12,12 +12,12 @@ from torchvision.ops import sigmoid_focal_loss
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import tutorial
-from tutorial.checkpoint import load_model
+from tutorial.training.checkpoint import load_model
 from tutorial.exercises import BY_NAME
-from tutorial.presnet import PResNet, PResNetConfig
-from tutorial.query_selection import select_top_k, token_locations
-from tutorial.rt_detr import varifocal_loss, vfl_class_loss
-from tutorial.train import TrainConfig, train
+from tutorial.models.presnet import PResNet, PResNetConfig
+from tutorial.models.query_selection import select_top_k, token_locations
+from tutorial.models.rt_detr import varifocal_loss, vfl_class_loss
+from tutorial.training.train import TrainConfig, train
 
 from .tiny import padded_batch, small_model
 
@@ -162,7 +162,7 @@ def test_tiny_trains_a_step():
     out = model(images, mask, targets=targets, return_intermediates=True)
     assert out["pred_logits"].shape == (2, 6, 6) and len(out["aux_outputs"]) == 2
     p, m = out["dn_groups"]
-    assert (p, m) == (2, 4) and torch.equal(out["dn_attention_mask"], tutorial.dino.dn_attention_mask(p, m, 6))
+    assert (p, m) == (2, 4) and torch.equal(out["dn_attention_mask"], tutorial.models.dino.dn_attention_mask(p, m, 6))
     assert out["aifi_attention"][0].shape[-1] == 12  # S5 of a 96 x 112 batch: 3 x 4 tokens
     losses = model.build_criterion()(out, targets)
     for name in ("loss_vfl", "loss_vfl_dn", "loss_bbox_dn_1", "loss_vfl_interm", "loss_giou_interm"):
@@ -216,7 +216,7 @@ def test_postprocess_takes_top_query_class_pairs():
 
 
 def test_training_loop_and_checkpoint(small_shapes, tmp_path):
-    """tutorial/train.py and evaluate.py run RT-DETR unchanged (targets passed for denoising)."""
+    """tutorial/training/train.py and evaluate.py run RT-DETR unchanged (targets passed for denoising)."""
     overrides = {"decoder": {"d_model": 32, "num_decoder_layers": 2, "dim_feedforward": 64},
                  "encoder": {"hidden_dim": 32, "dim_feedforward": 64}, "num_queries": 8, "dn_number": 8}
     cfg = TrainConfig(model="rtdetr_tiny", data=str(small_shapes), out=str(tmp_path / "run"), epochs=1, batch_size=8,

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tutorial.selective_scan import selective_scan
+from tutorial.ssm.selective_scan import selective_scan
 
 F64 = torch.float64
 SCANS = ["sequential", "parallel", "chunked"]

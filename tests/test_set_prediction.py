@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tutorial.checks import brute_force_assignment, matching_cost_loop, random_boxes_cxcywh
-from tutorial.criterion import LossWeights, SetCriterion
-from tutorial.matcher import HungarianMatcher
+from tutorial.matching.criterion import LossWeights, SetCriterion
+from tutorial.matching.matcher import HungarianMatcher
 
 
 def _batch(seed: int, q: int = 5, k: int = 4, counts=(3, 0, 5)):

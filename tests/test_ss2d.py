@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tutorial.selective_scan import selective_scan
-from tutorial.ss2d import SS2D, SS2DConfig, cross_merge, cross_scan, cross_unscan, ss2d_tiny, ss2d_vmamba_v0_tiny, ss2d_vmamba_v2_tiny
+from tutorial.ssm.selective_scan import selective_scan
+from tutorial.ssm.ss2d import SS2D, SS2DConfig, cross_merge, cross_scan, cross_unscan, ss2d_tiny, ss2d_vmamba_v0_tiny, ss2d_vmamba_v2_tiny
 
 F64 = torch.float64
 

@@ -11,7 +11,7 @@ import torch
 from scipy.special import eval_legendre
 
 from tutorial.checks import check_discretize_zoh, zoh_block_exp
-from tutorial.ssm import (discretize_simplified, discretize_zoh, discretize_zoh_diagonal, hippo_legs,
+from tutorial.ssm.ssm import (discretize_simplified, discretize_zoh, discretize_zoh_diagonal, hippo_legs,
                           hippo_legs_memory, legendre_basis, legendre_reconstruct, ssm_convolutional, ssm_kernel,
                           ssm_recurrent)
 

@@ -13,10 +13,10 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from tutorial import plots  # noqa: E402
-from tutorial.parallel_scan import scan_combine, sequential_scan  # noqa: E402
-from tutorial.ss2d import SS2D, SS2DConfig  # noqa: E402
-from tutorial.widgets import ScanDirectionsView  # noqa: E402
+from tutorial.viz import plots  # noqa: E402
+from tutorial.ssm.parallel_scan import scan_combine, sequential_scan  # noqa: E402
+from tutorial.ssm.ss2d import SS2D, SS2DConfig  # noqa: E402
+from tutorial.viz.widgets import ScanDirectionsView  # noqa: E402
 
 torch.set_num_threads(1)
 F64 = torch.float64

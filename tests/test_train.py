@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tutorial.checkpoint import load_model
-from tutorial.train import TrainConfig, lr_factor, train
+from tutorial.training.checkpoint import load_model
+from tutorial.training.train import TrainConfig, lr_factor, train
 
 from .test_bad_input import tiny_train_config
 
@@ -93,8 +93,8 @@ def test_bf16_autocast_keeps_the_losses(small_shapes, name):
     """`--amp bf16`: the forward under bfloat16 autocast gives the same loss terms as float32
     within 3% (measured: under 0.5% on these batches), and `to_float` hands the criterion float32."""
     from tutorial import build_model
-    from tutorial.dataset import DetectionDataset, collate
-    from tutorial.train import to_float
+    from tutorial.data.dataset import DetectionDataset, collate
+    from tutorial.training.train import to_float
 
     torch.manual_seed(0)
     model = build_model(name).eval()  # eval: no dropout; BN uses its running statistics in both

@@ -1,4 +1,4 @@
-"""The notebooks' views (`tutorial/widgets.py`) and figures (`tutorial/plots.py`).
+"""The notebooks' views (`tutorial/viz/widgets.py`) and figures (`tutorial/viz/plots.py`).
 
 For each view: build it on the small shapes set with a small random DETR, change a control the
 way a learner would (`control.value = ...`), and check that the figure changed to what the new
@@ -17,12 +17,12 @@ import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 import tutorial  # noqa: E402
-from tutorial import plots  # noqa: E402
-from tutorial.dataset import DetectionDataset  # noqa: E402
-from tutorial.matcher import matching_cost  # noqa: E402
-from tutorial.deformable_attention import MSDeformAttn  # noqa: E402
-from tutorial.conditional_detr import positional_attention  # noqa: E402
-from tutorial.widgets import (DecoderAttentionView, DeformableRunner, DenoisingView,  # noqa: E402
+from tutorial.viz import plots  # noqa: E402
+from tutorial.data.dataset import DetectionDataset  # noqa: E402
+from tutorial.matching.matcher import matching_cost  # noqa: E402
+from tutorial.ops.deformable_attention import MSDeformAttn  # noqa: E402
+from tutorial.models.conditional_detr import positional_attention  # noqa: E402
+from tutorial.viz.widgets import (DecoderAttentionView, DeformableRunner, DenoisingView,  # noqa: E402
                               EncoderAttentionView, ImageBrowser, MatchingView, ModelRunner,
                               PositionalAttentionView, QueryRunner, SamplingPointsView)
 
@@ -246,7 +246,7 @@ def test_encoder_stage_panels_each_get_a_colourbar_after_all_panels():
 def test_image_control_is_wide_and_its_buttons_and_box_move_the_image(model, val_set, runner):
     import ipywidgets
 
-    from tutorial import widgets
+    from tutorial.viz import widgets
 
     view = ImageBrowser(val_set, index=0)
     slider = view.controls["index"]
@@ -554,7 +554,7 @@ def test_denoising_view_draws_the_chosen_groups_noised_queries(dn_model, val_set
 def test_dn_attention_mask_figure_and_curves(tmp_path):
     from matplotlib.figure import Figure
 
-    from tutorial.dn_detr import dn_attention_mask
+    from tutorial.models.dn_detr import dn_attention_mask
 
     ax = Figure().add_subplot()
     mask = dn_attention_mask(3, 2, 4)  # (10, 10)
@@ -584,7 +584,7 @@ def test_dn_attention_mask_figure_and_curves(tmp_path):
 from matplotlib.colors import to_rgba  # noqa: E402
 from torchvision.ops import nms  # noqa: E402
 
-from tutorial.widgets import NMSView, QuerySelectionView, denoising_queries  # noqa: E402
+from tutorial.viz.widgets import NMSView, QuerySelectionView, denoising_queries  # noqa: E402
 
 
 @pytest.fixture(scope="module")

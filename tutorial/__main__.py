@@ -17,7 +17,7 @@ from .errors import InputError, one_line
 def cmd_data(args) -> None:
     import dataclasses
 
-    from .shapes import DEFAULT_ROOTS, PRESETS, generate
+    from .data.shapes import DEFAULT_ROOTS, PRESETS, generate
 
     cfg = dataclasses.replace(PRESETS[args.preset], seed=args.seed, num_train=args.num_train, num_val=args.num_val)
     generate(args.out or DEFAULT_ROOTS[args.preset], cfg, workers=args.workers, force=args.force)
@@ -38,7 +38,7 @@ def parse_overrides(text: str | None) -> dict:
 
 
 def cmd_train(args) -> None:
-    from .train import TrainConfig, train
+    from .training.train import TrainConfig, train
 
     overrides = parse_overrides(args.model_overrides)
     cfg = TrainConfig(model=args.model, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
@@ -56,9 +56,9 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
-    from .dataset import DetectionDataset
-    from .evaluate import evaluate
+    from .training.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+    from .data.dataset import DetectionDataset
+    from .training.evaluate import evaluate
 
     ckpt = load_checkpoint(args.checkpoint)  # the checkpoint and the data are checked before building the model
     _, cfg = checkpoint_config(ckpt, args.checkpoint, args.model)
@@ -70,7 +70,7 @@ def cmd_eval(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .predict import PredictConfig, predict
+    from .training.predict import PredictConfig, predict
 
     cfg = PredictConfig(checkpoint=args.checkpoint, image=args.image, out=args.out, threshold=args.threshold,
                         json=args.json, model=args.model, resize=tuple(args.resize) if args.resize else None)
@@ -87,7 +87,7 @@ def cmd_convert(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    from .pretrain import PretrainConfig, pretrain
+    from .training.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(backbone=args.backbone, out=args.out or f"data/pretrained/{args.backbone}_tiny.pt",
                          images=args.images, max_time=args.max_time, lr=args.lr, batch_size=args.batch_size,
@@ -96,7 +96,7 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_ship(args) -> None:
-    from .ship import ship
+    from .training.ship import ship
 
     ship(args.run, args.name, args.data, command=args.command)
 
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_command(sub, "data", help="generate the synthetic shapes set (reused when present)")
     p.add_argument("--preset", choices=["default", "hard"], default="default",
-                   help="which set (tutorial/shapes.py PRESETS); 'hard' is the first, harder one")
+                   help="which set (tutorial/data/shapes.py PRESETS); 'hard' is the first, harder one")
     p.add_argument("--out", default=None, help="default: data/shapes, or data/shapes_hard for --preset hard")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-train", type=int, default=5000)
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="regenerate even if present")
     p.set_defaults(func=cmd_data)
 
-    p = add_command(sub, "train", help="train a model (see tutorial/train.py)")
+    p = add_command(sub, "train", help="train a model (see tutorial/training/train.py)")
     p.add_argument("--model", default="detr_tiny", help="a name from tutorial.list_models()")
     p.add_argument("--data", default="data/shapes", help="shapes folder or a local COCO 2017 folder")
     p.add_argument("--out", default="runs/detr_tiny")
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-overrides", default=None, help='JSON, e.g. \'{"num_queries": 50}\'')
     p.set_defaults(func=cmd_train)
 
-    p = add_command(sub, "pretrain", help="pretrain a tiny backbone on dense labelling (tutorial/pretrain.py)")
+    p = add_command(sub, "pretrain", help="pretrain a tiny backbone on dense labelling (tutorial/training/pretrain.py)")
     p.add_argument("--backbone", choices=["resnet", "presnet"], default="resnet")
     p.add_argument("--out", default=None, help="default: data/pretrained/<backbone>_tiny.pt")
     p.add_argument("--images", type=int, default=4000)

@@ -31,68 +31,68 @@ STUB_PACKAGE = "exercises"
 
 @dataclass(frozen=True)
 class Exercise:
-    module: str  # under tutorial/, e.g. "box_ops"
+    module: str  # dotted, under tutorial/, e.g. "ops.box_ops"; its stub is exercises/ops/box_ops.py
     function: str
     checks: tuple  # checker functions taking the candidate
     hint: str  # printed with a wrong answer: the usual mistake, or the step that is easy to get wrong
 
 
 EXERCISES = [
-    Exercise("box_ops", "box_cxcywh_to_xyxy", (checks.check_box_cxcywh_to_xyxy,),
+    Exercise("ops.box_ops", "box_cxcywh_to_xyxy", (checks.check_box_cxcywh_to_xyxy,),
              "x0 = cx - w/2 and x1 = cx + w/2 (half the width), the same for y"),
-    Exercise("box_ops", "box_xyxy_to_cxcywh", (checks.check_box_xyxy_to_cxcywh,),
+    Exercise("ops.box_ops", "box_xyxy_to_cxcywh", (checks.check_box_xyxy_to_cxcywh,),
              "cx = (x0 + x1)/2 and w = x1 - x0, the same for y"),
-    Exercise("box_ops", "box_iou", (checks.check_box_iou,),
+    Exercise("ops.box_ops", "box_iou", (checks.check_box_iou,),
              "pairwise by broadcasting [:, None] against [None, :]; the intersection's width and height are "
              "clamped at 0; union = |A| + |B| - |A ∩ B|"),
-    Exercise("box_ops", "generalized_box_iou", (checks.check_generalized_box_iou,),
+    Exercise("ops.box_ops", "generalized_box_iou", (checks.check_generalized_box_iou,),
              "C encloses both boxes: min of the x0, y0 and max of the x1, y1; GIoU = IoU - (|C| - union) / |C|"),
-    Exercise("matcher", "matching_cost", (checks.check_matching_cost,),
+    Exercise("matching.matcher", "matching_cost", (checks.check_matching_cost,),
              "softmax over all K+1 classes, then -p̂ at each target's label; L1 between cxcywh boxes "
              "(torch.cdist, p=1); GIoU between the boxes converted to xyxy"),
-    Exercise("matcher", "hungarian_match", (checks.check_hungarian_match,),
+    Exercise("matching.matcher", "hungarian_match", (checks.check_hungarian_match,),
              "linear_sum_assignment(cost) returns (rows = predictions, columns = targets) already sorted by row; "
              "return both as int64 tensors"),
-    Exercise("position_encoding", "sine_position_encoding", (checks.check_sine_position_encoding,),
+    Exercise("ops.position_encoding", "sine_position_encoding", (checks.check_sine_position_encoding,),
              "y = cumsum of ~mask along H, x along W; normalise by the last valid value; channel c uses "
              "T^(2·(c//2)/F), sin at even c, cos at odd c; the y half comes first"),
-    Exercise("criterion", "hungarian_loss", (checks.check_hungarian_loss, checks.check_hungarian_loss_permutation),
+    Exercise("matching.criterion", "hungarian_loss", (checks.check_hungarian_loss, checks.check_hungarian_loss_permutation),
              "unmatched predictions get the class K (no object) with weight no_object_weight, and the "
              "cross-entropy is divided by the sum of the weights; L1 and 1 - GIoU over matched pairs / num_boxes"),
-    Exercise("deformable_attention", "bilinear_sample", (checks.check_bilinear_sample,),
+    Exercise("ops.deformable_attention", "bilinear_sample", (checks.check_bilinear_sample,),
              "in pixels the location is (x·W - 0.5, y·H - 0.5); weight the four neighbours by (1-|Δx|)(1-|Δy|) "
              "and let neighbours outside the map add zero"),
-    Exercise("deformable_attention", "ms_deform_attn_core", (checks.check_ms_deform_attn_core,),
+    Exercise("ops.deformable_attention", "ms_deform_attn_core", (checks.check_ms_deform_attn_core,),
              "split value into levels of H_l·W_l tokens, each (B·M, d, H_l, W_l); F.grid_sample at 2·loc - 1 "
              "(align_corners=False); weight, sum over L and P, and put the heads side by side: (B, Q, M·d)"),
-    Exercise("position_encoding", "anchor_position_encoding", (checks.check_anchor_position_encoding,),
+    Exercise("ops.position_encoding", "anchor_position_encoding", (checks.check_anchor_position_encoding,),
              "each coordinate v gives F channels of 2πv / T^(2·(c//2)/F), sin at even c, cos at odd c; the blocks "
              "go y, x, then w, h"),
-    Exercise("dn_detr", "dn_attention_mask", (checks.check_dn_attention_mask, checks.check_dn_attention_mask_properties),
+    Exercise("models.dn_detr", "dn_attention_mask", (checks.check_dn_attention_mask, checks.check_dn_attention_mask_properties),
              "True means blocked: j is a denoising query of another group, or i is a matching query and j a "
              "denoising one; return dtype torch.bool"),
-    Exercise("ssm", "discretize_zoh", (checks.check_discretize_zoh,),
+    Exercise("ssm.ssm", "discretize_zoh", (checks.check_discretize_zoh,),
              "ΔA = delta[..., None, None]·A; Ā = matrix_exp(ΔA); B̄ = solve(ΔA, (Ā - I) @ ΔB)"),
-    Exercise("parallel_scan", "scan_combine", (checks.check_scan_combine,),
+    Exercise("ssm.parallel_scan", "scan_combine", (checks.check_scan_combine,),
              "step 2 acts on step 1's output: a2·(a1 h + b1) + b2"),
-    Exercise("parallel_scan", "parallel_scan", (checks.check_parallel_scan,),
+    Exercise("ssm.parallel_scan", "parallel_scan", (checks.check_parallel_scan,),
              "compare a small case with the loop h_t = a_t h_(t-1) + b_t; with an odd L the last element has no "
              "partner and is filled in after the recursion"),
-    Exercise("query_selection", "select_top_k", (checks.check_select_top_k,),
+    Exercise("models.query_selection", "select_top_k", (checks.check_select_top_k,),
              "rank tokens by scores.max(-1).values with torch.topk (sorted); gather every output's rows with the "
              "same indices"),
-    Exercise("rt_detr", "varifocal_loss", (checks.check_varifocal_loss,),
+    Exercise("models.rt_detr", "varifocal_loss", (checks.check_varifocal_loss,),
              "both cases are a BCE towards q (q = 0 off the positives), weighted by q at positives and by "
              "α·p^γ elsewhere, with p detached in the weight; summed"),
 ]
 BY_NAME = {e.function: e for e in EXERCISES}
 
-STUB_HEADER = '''"""Exercises from `tutorial/{module}.py` (generated by `python -m tutorial exercises`).
+STUB_HEADER = '''"""Exercises from `tutorial/{path}.py` (generated by `python -m tutorial exercises`).
 
 Replace each `raise NotImplementedError` with your implementation, then run
-    pytest --impl exercises -k {module}
+    pytest --impl exercises -k {name}
 You may use torch, einops, scipy and torchvision; re-deriving a torchvision op by calling it
-defeats the purpose. The reference is in tutorial/{module}.py, for when you are stuck.
+defeats the purpose. The reference is in tutorial/{path}.py, for when you are stuck.
 """
 from __future__ import annotations
 
@@ -119,24 +119,26 @@ def function_header(module: str, function: str) -> str:
 
 def stub_source(module: str) -> str:
     """The whole stub file for `module`: header, then each exercise's header + NotImplementedError."""
-    parts = [STUB_HEADER.format(module=module)]
+    parts = [STUB_HEADER.format(path=module.replace(".", "/"), name=module.rsplit(".", 1)[-1])]
     for e in EXERCISES:
         if e.module == module:
             parts.append("\n" + function_header(module, e.function) + "\n"
-                         f'    raise NotImplementedError("exercise: {e.function} (see tutorial/{module}.py)")\n')
+                         f'    raise NotImplementedError("exercise: {e.function} (see tutorial/{module.replace(".", "/")}.py)")\n')
     return "\n".join(parts)
 
 
 def write_stubs(root: Path = ROOT, force: bool = False) -> list[Path]:
-    """Write `exercises/<module>.py` for every module with exercises; keeps edited files unless `force`."""
+    """Write `exercises/<folder>/<module>.py` (the package's layout) for every module with exercises;
+    keeps edited files unless `force`."""
     package = root / STUB_PACKAGE
-    package.mkdir(exist_ok=True)
-    init = package / "__init__.py"
-    if not init.exists():
-        init.write_text('"""Your implementations of the exercises; see tutorial/exercises.py."""\n')
     written = []
     for module in sorted({e.module for e in EXERCISES}):
-        path = package / f"{module}.py"
+        path = package / (module.replace(".", "/") + ".py")
+        for folder in [package, *(p for p in reversed(path.parents) if package in p.parents)]:
+            folder.mkdir(exist_ok=True)
+            init = folder / "__init__.py"
+            if not init.exists():
+                init.write_text('"""Your implementations of the exercises; see tutorial/exercises.py."""\n')
         if path.exists() and not force:
             continue
         path.write_text(stub_source(module))
@@ -157,12 +159,13 @@ def implementation(name: str, impl: str = "reference"):
 
 def not_implemented_message(exercise: Exercise) -> str:
     """One line for a stub that still raises NotImplementedError."""
-    return f"{exercise.module}.{exercise.function} is not implemented yet: edit exercises/{exercise.module}.py"
+    return (f"{exercise.module}.{exercise.function} is not implemented yet: "
+            f"edit exercises/{exercise.module.replace('.', '/')}.py")
 
 
 def failure_message(exercise: Exercise, error: AssertionError) -> str:
     """One line for a wrong answer: the checker's (function, max |diff|, tolerance), then the hint."""
-    return f"{one_line(error)} (exercises/{exercise.module}.py). Hint: {exercise.hint}"
+    return f"{one_line(error)} (exercises/{exercise.module.replace('.', '/')}.py). Hint: {exercise.hint}"
 
 
 def check(name: str, impl: str = "exercises") -> bool:
@@ -172,7 +175,7 @@ def check(name: str, impl: str = "exercises") -> bool:
         for checker in BY_NAME[name].checks:
             checker(fn)
     except NotImplementedError:
-        print(f"· {name}: not attempted yet (exercises/{BY_NAME[name].module}.py)")
+        print(f"· {name}: not attempted yet (exercises/{BY_NAME[name].module.replace('.', '/')}.py)")
         return False
     except AssertionError as e:
         print(failure_message(BY_NAME[name], e))

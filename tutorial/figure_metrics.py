@@ -29,7 +29,7 @@ number over the whole val set (`bench/figures.py` writes them, the notebooks quo
   vertical), against the share of the commonest mode among the val boxes (what a slot that
   did not specialise would get).
 
-The objects' masks come from the generator (`tutorial.shapes.draw_image`) with the config the
+The objects' masks come from the generator (`tutorial.data.shapes.draw_image`) with the config the
 val set's instances.json records, so only the shapes set is supported.
 """
 from __future__ import annotations
@@ -41,9 +41,9 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
-from .matcher import hungarian_match, matching_cost
-from .plots import box_modes
-from .shapes import ShapesConfig, draw_image
+from .matching.matcher import hungarian_match, matching_cost
+from .viz.plots import box_modes
+from .data.shapes import ShapesConfig, draw_image
 
 
 def generator_config(dataset) -> ShapesConfig:
@@ -141,7 +141,7 @@ def decoder_outline_lift(model, dataset, images: int = 200, band_px: float | Non
 @torch.no_grad()
 def slot_specialisation(model, dataset, slots: int = 20, threshold: float = 0.5, batch_size: int = 16) -> dict:
     """See the module docstring. A prediction counts when its best real-class probability > `threshold`."""
-    from .dataset import collate
+    from .data.dataset import collate
 
     modes, keep = [], []
     model.eval()
@@ -195,7 +195,7 @@ def map_peaks_and_spread(maps: Tensor, grid: tuple[int, int], floor: float = 0.5
 @torch.no_grad()
 def positional_priors(model, dataset, index: int = 0, layer: int = 0, grid: tuple[int, int] = (32, 32)) -> dict:
     """See the module docstring: the first-layer positional maps of `model` on image `index`."""
-    from .widgets import QueryRunner, select_head
+    from .viz.widgets import QueryRunner, select_head
 
     r = QueryRunner(model.eval(), dataset, grid=grid)(index)
     maps = select_head(r["positional_attention"][layer], "mean")  # (Q, h·w)
@@ -231,7 +231,7 @@ def anchor_alignment(model, dataset, images: int = 50, grid: tuple[int, int] = (
     "heads": [stats] per head, "best_head"}, where stats = {"maps", "median_distance", and for anchor
     boxes "share_peak_in_box", "median_lift"} over the first `images` val images. The best head is
     the one whose maxima fall in the box most often (for points: nearest the reference)."""
-    from .widgets import QueryRunner
+    from .viz.widgets import QueryRunner
 
     runner, rows = QueryRunner(model.eval(), dataset, grid=grid), {}
     for i in range(min(images, len(dataset))):

@@ -12,9 +12,9 @@ For each preset `find_weights` looks in that folder for, in this order,
 and `load_pretrained` (`tutorial/convert/`) turns a foreign file into our model on the fly.
 
 Photos are transformed as DETR's validation set (`datasets/coco.py` of the official code, and
-`tutorial.dataset.make_transforms(train=False, resize=(800, 1333))`): shorter side 800 pixels,
+`tutorial.data.dataset.make_transforms(train=False, resize=(800, 1333))`): shorter side 800 pixels,
 longer side at most 1333, ImageNet normalisation. `RealImages` returns the (image, target) pairs
-the runners of `tutorial/widgets.py` read (a target with no boxes: a photo has no ground truth).
+the runners of `tutorial/viz/widgets.py` read (a target with no boxes: a photo has no ground truth).
 
 The models of the papers predict COCO's category ids (K = 91); the views name each model's classes
 from its class count (`tutorial.class_names`), so COCO's names appear without anything to set.
@@ -32,10 +32,10 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision import tv_tensors
 
-from . import plots
-from .class_names import class_name, class_names
+from .viz import plots
+from .data.class_names import class_name, class_names
 from .convert.files import HF_FILES
-from .dataset import make_transforms
+from .data.dataset import make_transforms
 from .errors import InputError
 
 ENV = "TUTORIAL_WEIGHTS"
@@ -162,9 +162,9 @@ def real_images(folder: str | os.PathLike | None = None) -> list[Path]:
 
 class RealImages(torch.utils.data.Dataset):
     """Photos as (image (3, H, W) normalised, target) pairs, transformed as DETR's val set
-    (`tutorial.dataset.make_transforms(False, resize)`). The target is `DetectionDataset`'s without
+    (`tutorial.data.dataset.make_transforms(False, resize)`). The target is `DetectionDataset`'s without
     ground truth: {"boxes" (0, 4), "labels" (0,), "image_id", "orig_size" (h, w), "size" (h, w)},
-    which is all the runners of `tutorial/widgets.py` read."""
+    which is all the runners of `tutorial/viz/widgets.py` read."""
 
     def __init__(self, paths: list[str | os.PathLike], resize: tuple[int, int] | None = VAL_RESIZE):
         self.paths = [Path(p) for p in paths]

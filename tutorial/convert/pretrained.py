@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import load_model, save_atomic
+from ..training.checkpoint import load_model, save_atomic
 from ..errors import InputError
 from ..models import build_model, model_config
 from . import conditional_detr, dab_detr, deformable_detr, detr, dino, rt_detr

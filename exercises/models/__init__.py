@@ -1,0 +1,1 @@
+"""Your implementations of the exercises; see tutorial/exercises.py."""

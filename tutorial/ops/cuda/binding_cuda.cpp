@@ -1,0 +1,128 @@
+// The CUDA extension's ops: torch.ops.tutorial_kernels_cuda.<op>, the same signatures as the CPU
+// extension's (binding_cpu.cpp). Built by tutorial/ops/kernels.py with nvcc for the .cu files.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <ATen/ops/sum.h>
+
+#include "binding.h"
+
+namespace tk {
+namespace {
+
+void check_status(int status, const char* what) {
+  TORCH_CHECK(status == 0, what, " failed to launch (CUDA error ", status, "; see the message above)");
+}
+
+void* current_stream() { return static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()); }
+
+at::Tensor deform_forward(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& level_start,
+                          const at::Tensor& loc, const at::Tensor& attn) {
+  const DeformShape s = deform_shape(value, shapes, level_start, loc, attn);
+  TORCH_CHECK(value.is_cuda() && shapes.is_cuda() && level_start.is_cuda(), "the CUDA extension needs GPU tensors");
+  const c10::cuda::CUDAGuard guard(value.device());
+  at::Tensor out = at::empty({s.B, s.Q, s.M * s.d}, value.options());  // (B, Q, M·d)
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_forward_cuda", [&] {
+    check_status(ms_deform_attn_forward_cuda<scalar_t>(s, value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(),
+                                                       level_start.data_ptr<int64_t>(), loc.data_ptr<scalar_t>(),
+                                                       attn.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                                                       current_stream()),
+                 "ms_deform_attn forward");
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_backward(const at::Tensor& value, const at::Tensor& shapes,
+                                                               const at::Tensor& level_start, const at::Tensor& loc,
+                                                               const at::Tensor& attn, const at::Tensor& grad_out) {
+  const DeformShape s = deform_shape(value, shapes, level_start, loc, attn);
+  TORCH_CHECK(value.is_cuda() && shapes.is_cuda() && level_start.is_cuda(), "the CUDA extension needs GPU tensors");
+  TORCH_CHECK(grad_out.is_contiguous() && grad_out.numel() == s.B * s.Q * s.M * s.d &&
+                  grad_out.scalar_type() == value.scalar_type() && grad_out.device() == value.device(),
+              "grad_output must be a contiguous (B, Q, M·d) tensor like the output");
+  const c10::cuda::CUDAGuard guard(value.device());
+  at::Tensor grad_value = at::zeros_like(value), grad_loc = at::zeros_like(loc), grad_attn = at::zeros_like(attn);
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
+    check_status(ms_deform_attn_backward_cuda<scalar_t>(
+                     s, value.data_ptr<scalar_t>(), shapes.data_ptr<int64_t>(), level_start.data_ptr<int64_t>(),
+                     loc.data_ptr<scalar_t>(), attn.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(),
+                     grad_value.data_ptr<scalar_t>(), grad_loc.data_ptr<scalar_t>(), grad_attn.data_ptr<scalar_t>(),
+                     current_stream()),
+                 "ms_deform_attn backward");
+  });
+  return {grad_value, grad_loc, grad_attn};
+}
+
+void check_geometry(int64_t threads, int64_t items, int64_t dstate) {
+  TORCH_CHECK(threads == kScanThreads && items == kScanItems, "the CUDA selective scan's chunk is fixed at (",
+              kScanThreads, ", ", kScanItems, "), got (", threads, ", ", items, ")");
+  TORCH_CHECK(dstate <= kMaxState, "the CUDA selective scan supports N <= ", kMaxState, ", got ", dstate);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_forward(const at::Tensor& u, const at::Tensor& delta,
+                                                            const at::Tensor& A, const at::Tensor& B,
+                                                            const at::Tensor& C, const std::optional<at::Tensor>& D,
+                                                            const std::optional<at::Tensor>& z,
+                                                            const std::optional<at::Tensor>& delta_bias,
+                                                            bool softplus, int64_t threads, int64_t items) {
+  TORCH_CHECK(u.is_cuda(), "the CUDA extension needs GPU tensors");
+  TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble, "u must be float32 or float64");
+  const c10::cuda::CUDAGuard guard(u.device());
+  at::Tensor out = at::empty_like(u), y = z ? at::empty_like(u) : at::empty({0}, u.options()), states;
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_forward_cuda", [&] {
+    ScanParams<scalar_t> p = scan_params<scalar_t>(u, delta, A, B, C, D, z, delta_bias, softplus, threads, items);
+    check_geometry(threads, items, p.dstate);
+    states = at::empty({p.batch, p.dim, p.n_chunks(), p.dstate}, u.options());
+    p.out = out.data_ptr<scalar_t>();
+    p.y = z ? y.data_ptr<scalar_t>() : nullptr;
+    p.states = states.data_ptr<scalar_t>();
+    check_status(selective_scan_forward_cuda(p, current_stream()), "selective_scan forward");
+  });
+  return {out, y, states};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+              const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
+              const std::optional<at::Tensor>& delta_bias, bool softplus, const at::Tensor& y,
+              const at::Tensor& states, const at::Tensor& dout, int64_t threads, int64_t items) {
+  TORCH_CHECK(u.is_cuda(), "the CUDA extension needs GPU tensors");
+  TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble, "u must be float32 or float64");
+  check_tensor(dout, "dout", u, 3);
+  check_tensor(states, "states", u, 4);
+  const c10::cuda::CUDAGuard guard(u.device());
+  const int64_t dim = u.size(1);
+  at::Tensor du = at::empty_like(u), ddelta = at::empty_like(u), dz = at::zeros_like(u);
+  at::Tensor dA = at::zeros_like(A), dB = at::zeros_like(B), dC = at::zeros_like(C);  // added into atomically
+  at::Tensor dD = at::zeros({dim}, u.options()), dbias = at::zeros({dim}, u.options());
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_backward_cuda", [&] {
+    ScanParams<scalar_t> p = scan_params<scalar_t>(u, delta, A, B, C, D, z, delta_bias, softplus, threads, items);
+    check_geometry(threads, items, p.dstate);
+    TORCH_CHECK(states.size(0) == p.batch && states.size(1) == p.dim && states.size(2) == p.n_chunks() &&
+                    states.size(3) == p.dstate,
+                "states must be (B, D, n_chunks, N) as the forward returned them, got ", states.sizes());
+    TORCH_CHECK(!z || (y.sizes() == u.sizes() && y.is_contiguous()), "y must be the forward's (B, D, L) pre-gate output");
+    p.y = z ? const_cast<scalar_t*>(y.data_ptr<scalar_t>()) : nullptr;
+    p.states = const_cast<scalar_t*>(states.data_ptr<scalar_t>());
+    p.dout = dout.data_ptr<scalar_t>();
+    p.du = du.data_ptr<scalar_t>();
+    p.ddelta = ddelta.data_ptr<scalar_t>();
+    p.dz = z ? dz.data_ptr<scalar_t>() : nullptr;
+    p.dA = dA.data_ptr<scalar_t>();
+    p.dB = dB.data_ptr<scalar_t>();
+    p.dC = dC.data_ptr<scalar_t>();
+    p.dD = dD.data_ptr<scalar_t>();
+    p.ddelta_bias = dbias.data_ptr<scalar_t>();
+    check_status(selective_scan_backward_cuda(p, current_stream()), "selective_scan backward");
+  });
+  return {du, ddelta, dA, dB, dC, dD, dz, dbias};
+}
+
+}  // namespace
+}  // namespace tk
+
+TORCH_LIBRARY(tutorial_kernels_cuda, m) {
+  m.def("ms_deform_attn_forward", &tk::deform_forward);
+  m.def("ms_deform_attn_backward", &tk::deform_backward);
+  m.def("selective_scan_forward", &tk::scan_forward);
+  m.def("selective_scan_backward", &tk::scan_backward);
+}
