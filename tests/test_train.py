@@ -113,3 +113,20 @@ def test_bf16_autocast_keeps_the_losses(small_shapes, name):
         got = criterion(out, targets)
     for key in ("loss_bbox", "loss_giou", "loss"):
         assert got[key].item() == pytest.approx(ref[key].item(), rel=0.03), key
+
+
+def test_cli_options_are_the_config_fields():
+    """`python -m tutorial train` has one option per TrainConfig field (its comment as help), whose
+    defaults are the dataclass's; the typed options (JSON, nargs, switches, choices) reach the config."""
+    from tutorial.__main__ import build_parser, config_from_args, field_comments
+
+    parser = build_parser()
+    assert config_from_args(TrainConfig, parser.parse_args(["train"])) == TrainConfig()
+    cfg = config_from_args(TrainConfig, parser.parse_args(
+        ["train", "--batch-size", "4", "--resize", "800", "1333", "--no-progress", "--resume", "--amp", "bf16",
+         "--model-overrides", '{"num_queries": 5}', "--max-train-time", "1.5"]))
+    assert cfg == TrainConfig(batch_size=4, resize=(800, 1333), progress=False, resume=True, amp="bf16",
+                              model_overrides={"num_queries": 5}, max_train_time=1.5)
+    assert field_comments(TrainConfig)["workers"] == "data-loading processes"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--schedule", "linear"])

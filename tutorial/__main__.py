@@ -6,8 +6,16 @@ Bad input (a missing or malformed file, an unknown model, a wrong checkpoint) pr
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
+import inspect
+import io
 import json
 import sys
+import textwrap
+import tokenize
+import types
+import typing
 
 import torch
 
@@ -15,41 +23,120 @@ from .errors import InputError, one_line
 
 
 def cmd_data(args) -> None:
-    import dataclasses
-
     from .data.shapes import DEFAULT_ROOTS, PRESETS, generate
 
     cfg = dataclasses.replace(PRESETS[args.preset], seed=args.seed, num_train=args.num_train, num_val=args.num_val)
     generate(args.out or DEFAULT_ROOTS[args.preset], cfg, workers=args.workers, force=args.force)
 
 
-def parse_overrides(text: str | None) -> dict:
-    """`--model-overrides` JSON -> dict, or an `InputError` saying what is wrong with it."""
-    if not text:
-        return {}
+def parse_json(text: str, option: str) -> dict:
+    """A JSON option (`--model-overrides`) -> dict, or an `InputError` saying what is wrong with it."""
     try:
-        overrides = json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise InputError(f"--model-overrides: not valid JSON ({e.msg} at column {e.colno}); "
+        raise InputError(f"{option}: not valid JSON ({e.msg} at column {e.colno}); "
                          f"expected e.g. '{{\"num_queries\": 50}}'") from e
-    if not isinstance(overrides, dict):
-        raise InputError(f"--model-overrides: expected a JSON object of config fields, got {text!r}")
-    return overrides
+    if not isinstance(value, dict):
+        raise InputError(f"{option}: expected a JSON object of config fields, got {text!r}")
+    return value
+
+
+# --- options generated from a config dataclass -------------------------------------------------
+# A command's options are its config's fields, so that each default is written once, in the
+# dataclass: `batch_size: int = 16  # images per step` becomes `--batch-size BATCH_SIZE`, type int,
+# default 16, help "images per step (default: 16)".
+
+METAVARS = {"resize": ("SHORT", "MAX")}  # names for the parts of tuple-valued fields
+
+
+def field_comments(cls) -> dict[str, str]:
+    """{field name: its trailing `# comment`} for the fields of dataclass `cls`, read from its source."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    found = {}
+    for node in ast.parse(source).body[0].body:  # the statements of the class
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            lines = range(node.lineno, node.end_lineno + 1)  # a default may span lines
+            text = " ".join(comments[i] for i in lines if i in comments)
+            if text:
+                found[node.target.id] = text
+    return found
+
+
+def without_none(kind):
+    """`int | None` -> int; other annotations as they are."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        rest = [a for a in typing.get_args(kind) if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0]
+    return kind
+
+
+def field_default(f: dataclasses.Field):
+    """The field's default value (None if it has none)."""
+    return (f.default if f.default is not dataclasses.MISSING else
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+
+
+def option_of(f: dataclasses.Field, kind, comment: str, default) -> tuple[str, dict]:
+    """The flag and `add_argument` keywords for field `f` of annotation `kind`: bool -> a switch
+    (`--no-<name>` when it defaults to True), Literal -> choices, tuple -> nargs, dict -> JSON."""
+    flag = "--" + f.name.replace("_", "-")
+    kw = dict(dest=f.name, default=default)
+    kind, origin = without_none(kind), typing.get_origin(without_none(kind))
+    if kind is bool:
+        kw["action"] = "store_false" if default else "store_true"
+        flag, comment = ("--no-" + flag[2:], f"switch off {f.name}: {comment}") if default else (flag, comment)
+    elif origin is typing.Literal:
+        kw.update(choices=list(typing.get_args(kind)), type=type(typing.get_args(kind)[0]))
+    elif origin is tuple:
+        kw.update(type=typing.get_args(kind)[0], nargs=len(typing.get_args(kind)))
+        if f.name in METAVARS:
+            kw["metavar"] = METAVARS[f.name]
+    elif kind is dict or origin is dict:
+        kw.update(default=None, metavar="JSON")  # parsed by `config_from_args`: an error there is one line
+    else:
+        kw["type"] = kind
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        kw["required"] = True
+    shown = "" if default is None or isinstance(default, (bool, dict)) else f" (default: {default})"
+    kw["help"] = (comment + shown).strip().replace("%", "%%")  # argparse formats help with %
+    return flag, kw
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls, **changes: dict) -> None:
+    """One option per field of dataclass `cls` (see `option_of`), help from the field's comment;
+    `changes[name]` updates that field's `add_argument` keywords ("help" replaces the comment)."""
+    hints, comments = typing.get_type_hints(cls), field_comments(cls)
+    for f in dataclasses.fields(cls):
+        change = dict(changes.get(f.name, {}))
+        flag, kw = option_of(f, hints[f.name], change.pop("help", comments.get(f.name, "")),
+                             change.pop("default", field_default(f)))
+        kw.update(change)
+        parser.add_argument(flag, **kw)
+
+
+def config_from_args(cls, args: argparse.Namespace, **given):
+    """`cls(...)` from the options of `add_config_options` (lists -> tuples, JSON -> dict); `given`
+    sets fields that the command computes."""
+    hints, values = typing.get_type_hints(cls), dict(given)
+    for f in dataclasses.fields(cls):
+        if f.name in given:
+            continue
+        value, kind = getattr(args, f.name), without_none(hints[f.name])
+        if kind is dict or typing.get_origin(kind) is dict:
+            value = parse_json(value, "--" + f.name.replace("_", "-")) if value else f.default_factory()
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[f.name] = value
+    return cls(**values)
 
 
 def cmd_train(args) -> None:
     from .training.train import TrainConfig, train
 
-    overrides = parse_overrides(args.model_overrides)
-    cfg = TrainConfig(model=args.model, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
-                      lr=args.lr, lr_backbone=args.lr_backbone, weight_decay=args.weight_decay,
-                      clip_max_norm=args.clip_max_norm, schedule=args.schedule, lr_drop=args.lr_drop,
-                      warmup_iters=args.warmup_iters, seed=args.seed, workers=args.workers,
-                      eval_every=args.eval_every, max_train_time=args.max_train_time, lr_drop_time=args.lr_drop_time,
-                      train_images=args.train_images, val_images=args.val_images,
-                      resize=tuple(args.resize) if args.resize else None, resume=args.resume,
-                      instability_images=args.instability_images,
-                      progress=not args.no_progress, model_overrides=overrides, amp=args.amp)
+    cfg = config_from_args(TrainConfig, args)
     if args.threads:
         torch.set_num_threads(args.threads)
     train(cfg)
@@ -72,8 +159,7 @@ def cmd_eval(args) -> None:
 def cmd_predict(args) -> None:
     from .training.predict import PredictConfig, predict
 
-    cfg = PredictConfig(checkpoint=args.checkpoint, image=args.image, out=args.out, threshold=args.threshold,
-                        json=args.json, model=args.model, resize=tuple(args.resize) if args.resize else None)
+    cfg = config_from_args(PredictConfig, args)
     results = predict(cfg)
     print(f"{len(results)} detections with score >= {cfg.threshold}")
 
@@ -89,9 +175,7 @@ def cmd_convert(args) -> None:
 def cmd_pretrain(args) -> None:
     from .training.pretrain import PretrainConfig, pretrain
 
-    cfg = PretrainConfig(backbone=args.backbone, out=args.out or f"data/pretrained/{args.backbone}_tiny.pt",
-                         images=args.images, max_time=args.max_time, lr=args.lr, batch_size=args.batch_size,
-                         threads=args.threads)
+    cfg = config_from_args(PretrainConfig, args, out=args.out or f"data/pretrained/{args.backbone}_tiny.pt")
     pretrain(cfg, command="python -m tutorial " + " ".join(a for a in sys.argv[1:] if a != "--debug"))
 
 
@@ -148,45 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="regenerate even if present")
     p.set_defaults(func=cmd_data)
 
+    from .training.predict import PredictConfig
+    from .training.pretrain import PretrainConfig
+    from .training.train import TrainConfig
+
     p = add_command(sub, "train", help="train a model (see tutorial/training/train.py)")
-    p.add_argument("--model", default="detr_tiny", help="a name from tutorial.list_models()")
-    p.add_argument("--data", default="data/shapes", help="shapes folder or a local COCO 2017 folder")
-    p.add_argument("--out", default="runs/detr_tiny")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--lr-backbone", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--clip-max-norm", type=float, default=0.1)
-    p.add_argument("--schedule", choices=["step", "cosine"], default="step")
-    p.add_argument("--lr-drop", type=int, default=None)
-    p.add_argument("--warmup-iters", type=int, default=0)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--eval-every", type=int, default=1)
-    p.add_argument("--max-train-time", type=float, default=None, help="seconds")
-    p.add_argument("--lr-drop-time", type=float, default=None, help="seconds of training before the x0.1 drop")
-    p.add_argument("--train-images", type=int, default=None)
-    p.add_argument("--val-images", type=int, default=None)
-    p.add_argument("--resize", type=int, nargs=2, default=None, metavar=("SHORT", "MAX"))
-    p.add_argument("--instability-images", type=int, default=0,
-                   help="track the instability score (DN-DETR) on this many val images")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--amp", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: bfloat16 autocast for the forward (losses stay float32)")
+    add_config_options(p, TrainConfig)  # one option per field of TrainConfig
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--model-overrides", default=None, help='JSON, e.g. \'{"num_queries": 50}\'')
     p.set_defaults(func=cmd_train)
 
     p = add_command(sub, "pretrain", help="pretrain a tiny backbone on dense labelling (tutorial/training/pretrain.py)")
-    p.add_argument("--backbone", choices=["resnet", "presnet"], default="resnet")
-    p.add_argument("--out", default=None, help="default: data/pretrained/<backbone>_tiny.pt")
-    p.add_argument("--images", type=int, default=4000)
-    p.add_argument("--max-time", type=float, default=600.0, help="seconds of training")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=None)
+    add_config_options(p, PretrainConfig, backbone=dict(choices=["resnet", "presnet"]),
+                       out=dict(default=None, help="default: data/pretrained/<backbone>_tiny.pt"))
     p.set_defaults(func=cmd_pretrain)
 
     p = add_command(sub, "eval", help="COCO metrics of a checkpoint")
@@ -201,15 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = add_command(sub, "predict", help="draw a checkpoint's detections on your own image(s)")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--image", required=True, help="an image file, or a folder of *.jpg, *.jpeg, *.png")
-    p.add_argument("--threshold", type=float, default=0.5, help="keep detections with score >= this")
-    p.add_argument("--out", default=None, help="the PNG to write (default pred.png); for a folder, the folder "
-                   "for <stem>.png (default pred/)")
-    p.add_argument("--json", default=None, help="COCO results JSON (default: --out with .json, or "
-                   "<out>/predictions.json for a folder)")
-    p.add_argument("--model", default=None, help="check the checkpoint against this preset")
-    p.add_argument("--resize", type=int, nargs=2, default=None, metavar=("SHORT", "MAX"))
+    add_config_options(  # help for the fields that PredictConfig's docstring describes
+        p, PredictConfig, image=dict(help="an image file, or a folder of *.jpg, *.jpeg, *.png"),
+        threshold=dict(help="keep detections with score >= this"),
+        out=dict(help="the PNG to write (default pred.png); for a folder, the folder for <stem>.png (default pred/)"),
+        json=dict(help="COCO results JSON (default: --out with .json, or <out>/predictions.json for a folder)"))
     p.set_defaults(func=cmd_predict)
 
     p = add_command(sub, "convert", help="an official or Hugging Face checkpoint -> a checkpoint of this package")

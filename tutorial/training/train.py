@@ -20,6 +20,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -41,31 +42,34 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class TrainConfig:
-    model: str = "detr_tiny"
-    data: str = "data/shapes"
-    out: str = "runs/detr_tiny"
+    """What `train` does. `python -m tutorial train` has one option per field, generated from this
+    class (tutorial/__main__.py): `--batch-size` for `batch_size`, the comment as its help, the
+    default from here; a bool that defaults to True is switched off with `--no-<name>`."""
+    model: str = "detr_tiny"  # a name from tutorial.list_models()
+    data: str = "data/shapes"  # shapes folder or a local COCO 2017 folder
+    out: str = "runs/detr_tiny"  # run folder: checkpoint.pt and metrics.jsonl
     epochs: int = 50
-    batch_size: int = 16
-    lr: float = 1e-4
+    batch_size: int = 16  # images per step (per process under torchrun)
+    lr: float = 1e-4  # AdamW learning rate of everything but the backbone
     lr_backbone: float = 1e-4  # DETR: 1e-5 for a pretrained backbone; from scratch it must learn too
-    weight_decay: float = 1e-4
-    clip_max_norm: float = 0.1
-    schedule: str = "step"  # "step": x0.1 at `lr_drop` (DETR) | "cosine": down to 1% at the end
+    weight_decay: float = 1e-4  # AdamW weight decay
+    clip_max_norm: float = 0.1  # gradient norm clipping; 0 switches it off
+    schedule: Literal["step", "cosine"] = "step"  # "step": x0.1 at `lr_drop` (DETR); "cosine": down to 1% at the end
     lr_drop: int | None = None  # epoch of the step decay; default 2/3 of `epochs`
-    warmup_iters: int = 0
-    seed: int = 42
+    warmup_iters: int = 0  # iterations of linear learning-rate warm-up
+    seed: int = 42  # seeds random, numpy and torch
     workers: int = 2  # data-loading processes
     eval_every: int = 1  # epochs between COCO evaluations on val (the last epoch always)
-    max_train_time: float | None = None  # stop after the epoch in which this many seconds are spent
+    max_train_time: float | None = None  # seconds: stop after the epoch in which this many are spent
     lr_drop_time: float | None = None  # with a time budget: x0.1 from the first epoch starting after this many s
     train_images: int | None = None  # use only the first n training images (tests, quick runs)
-    val_images: int | None = None
+    val_images: int | None = None  # evaluate on only the first n val images
     resize: tuple[int, int] | None = None  # (shorter side, max longer side) for real COCO, e.g. (800, 1333)
     instability_images: int = 0  # > 0: track DN-DETR's instability score on this many val images
     resume: bool = False  # continue from out/checkpoint.pt
-    progress: bool = True
-    model_overrides: dict = field(default_factory=dict)  # build_model(model, **model_overrides)
-    amp: str = "fp32"  # "bf16": the forward under bfloat16 autocast (AMX on recent CPUs), losses in float32
+    progress: bool = True  # a tqdm bar per epoch
+    model_overrides: dict = field(default_factory=dict)  # JSON of config fields: build_model(model, **model_overrides)
+    amp: Literal["fp32", "bf16"] = "fp32"  # "bf16": the forward under bfloat16 autocast (AMX), losses in float32
 
 
 def seed_everything(seed: int) -> None:
