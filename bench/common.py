@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: machine description, JSON output, round-robin timing."""
+"""Helpers shared by the benchmarks: machine description, JSON output, round-robin timing, one
+measurement in a fresh subprocess."""
 from __future__ import annotations
 
 import hashlib
@@ -6,12 +7,15 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+RESULTS = ROOT / "bench" / "results"
 
 
 def machine() -> dict:
@@ -36,8 +40,7 @@ def checkpoint_stamp(path: Path) -> dict:
     path = Path(path)
     manifest = path.with_suffix(".json")
     commit = json.loads(manifest.read_text()).get("git_commit") if manifest.exists() else None
-    root = RESULTS.parent.parent
-    where = path.resolve().relative_to(root) if path.resolve().is_relative_to(root) else path
+    where = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
     return {"path": str(where), "sha256": file_sha256(path), "git_commit": commit}
 
 
@@ -72,3 +75,25 @@ def time_runs(fns: dict, warmup: int, repeats: int) -> dict[str, dict]:
         out[name] = {"median_ms": round(1e3 * statistics.median(ts), 3), "p25_ms": round(1e3 * q[0], 3),
                      "p75_ms": round(1e3 * q[2], 3), "iqr_ms": round(1e3 * (q[2] - q[0]), 3), "runs": len(ts)}
     return out
+
+
+class ChildFailed(RuntimeError):
+    """A measurement's subprocess exited with an error: `returncode` and the end of its `stderr`."""
+
+    def __init__(self, what: str, returncode: int, stderr: str):
+        super().__init__(f"the subprocess for {what} failed (exit {returncode}):\n{stderr[-4000:]}")
+        self.returncode, self.stderr = returncode, stderr
+
+
+def run_child(script: str | os.PathLike, args: list, what: str, timeout: float | None = None) -> dict:
+    """Run `python <script> <args>` in a fresh process, from the repository root, and return the JSON
+    object that the child prints on the last line of its stdout (its earlier lines are ignored).
+
+    A fresh process per measurement: its peak memory is its own, and no warm cache, allocator or
+    thread pool carries over from the previous measurement. Raises `ChildFailed` (naming `what`)
+    if the child exits with an error, `subprocess.TimeoutExpired` past `timeout` seconds."""
+    out = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                         timeout=timeout)
+    if out.returncode:
+        raise ChildFailed(what, out.returncode, out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])

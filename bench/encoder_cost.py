@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -206,17 +205,13 @@ def main() -> None:
     if args.one:  # child process
         print(json.dumps(measure(*args.one, args.warmup, args.repeats)))
         return
-    from bench.common import write_json
+    from bench.common import run_child, write_json
 
     rows = []
     for config in args.configs:
         for encoder in ENCODERS:
-            out = subprocess.run([sys.executable, __file__, "--warmup", str(args.warmup), "--repeats",
-                                  str(args.repeats), "--threads", str(args.threads), "--one", config, encoder],
-                                 capture_output=True, text=True, cwd=ROOT)
-            if out.returncode:
-                raise RuntimeError(f"the subprocess for {config} {encoder} failed:\n{out.stderr}")
-            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row = run_child(__file__, ["--warmup", args.warmup, "--repeats", args.repeats, "--threads", args.threads,
+                                       "--one", config, encoder], what=f"{config} {encoder}")
             print(f"{config:5s} {encoder:13s} {row['gflops']['total']:8.3f} GFLOPs  "
                   f"{row['time']['total']['median_ms']:9.2f} ms (IQR {row['time']['total']['iqr_ms']:.2f})")
             rows.append(row)

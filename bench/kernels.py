@@ -90,7 +90,7 @@ def build_times() -> dict:
     """Compile the CPU extension from scratch (subprocess, temporary folder) and run the nvcc compile check."""
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        code = ("import time, sys; sys.path.insert(0, %r); from tutorial import kernels; t = time.perf_counter(); "
+        code = ("import time, sys; sys.path.insert(0, %r); from tutorial.ops import kernels; t = time.perf_counter(); "
                 "kernels._load('cpu', kernels.CPU_SOURCES, False, directory=%r, extra_cflags=kernels.CPU_FLAGS); "
                 "print(time.perf_counter() - t)") % (str(ROOT), tmp)
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -186,7 +185,7 @@ def main() -> None:
     if args.one:  # child process
         print(json.dumps(child(*args.one, args.data, args.warmup, args.repeats)))
         return
-    from bench.common import RESULTS, write_json
+    from bench.common import RESULTS, run_child, write_json
     from tutorial.viz import plots
     from tutorial.training.checkpoint import load_model
 
@@ -203,12 +202,9 @@ def main() -> None:
             print(f"{path} does not exist: skipping {kind}")
             continue
         report["checkpoints"][kind] = manifest(path)
-        out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--warmup", str(args.warmup),
-                              "--repeats", str(args.repeats), "--data", args.data, "--one", kind, str(path)],
-                             capture_output=True, text=True, cwd=ROOT)
-        if out.returncode:
-            raise RuntimeError(f"the latency subprocess for {kind} failed:\n{out.stderr}")
-        report["latency"][kind] = json.loads(out.stdout.strip().splitlines()[-1])["latency"]
+        report["latency"][kind] = run_child(__file__, ["--threads", args.threads, "--warmup", args.warmup, "--repeats",
+                                                       args.repeats, "--data", args.data, "--one", kind, path],
+                                            what=f"the latency of {kind}")["latency"]
         for setting, stats in report["latency"][kind].items():
             print(f"{kind:6s} {setting:22s} {stats['median_ms']:8.2f} ms (IQR {stats['iqr_ms']:.2f})")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -82,15 +81,14 @@ def main() -> None:
         config, impl, backward = args.one
         print(json.dumps(measure(config, impl, backward == "1", args.repeats)))
         return
-    from bench.common import write_json
+    from bench.common import run_child, write_json
 
     rows = []
     for config in CONFIGS:
         for impl in IMPLS:
             for backward in ("0", "1"):
-                out = subprocess.run([sys.executable, __file__, "--repeats", str(args.repeats), "--one", config, impl,
-                                      backward], capture_output=True, text=True, check=True, cwd=ROOT)
-                row = json.loads(out.stdout.strip().splitlines()[-1])
+                row = run_child(__file__, ["--repeats", args.repeats, "--one", config, impl, backward],
+                                what=f"{config} {impl} backward={backward}")
                 print(row)
                 rows.append(row)
     write_json("msdeform_attn", {"configs": CONFIGS, "rows": rows})

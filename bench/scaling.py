@@ -173,7 +173,7 @@ def main() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from bench.common import RESULTS, write_json
+    from bench.common import RESULTS, ChildFailed, run_child, write_json
     from tutorial.viz.plots import plot_scaling
 
     if args.replot:
@@ -197,17 +197,14 @@ def main() -> None:
                     row["skipped"] = stop = (f"too much memory: predicted {guess[1] / 1024:.1f} GiB > "
                                              f"{args.memory_cap:.1f} GiB")
                 else:
-                    cmd = [sys.executable, __file__, "--repeats", str(args.repeats), "--one", method, str(length),
-                           "1" if pass_ != "forward" else "0"]
+                    child = ["--repeats", args.repeats, "--one", method, length, "1" if pass_ != "forward" else "0"]
                     try:
-                        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=args.timeout)
+                        row.update(run_child(__file__, child, what=f"{method} {pass_} N={length}",
+                                             timeout=args.timeout))
                     except subprocess.TimeoutExpired:
                         row["skipped"] = stop = f"too slow: killed after {args.timeout:.0f} s"
-                    else:
-                        if out.returncode == 0:
-                            row.update(json.loads(out.stdout.strip().splitlines()[-1]))
-                        else:  # e.g. killed for memory
-                            row["skipped"] = stop = f"failed (exit {out.returncode}): {out.stderr.strip()[-200:]}"
+                    except ChildFailed as e:  # e.g. killed for memory
+                        row["skipped"] = stop = f"failed (exit {e.returncode}): {e.stderr.strip()[-200:]}"
                 print(row, flush=True)
                 rows.append(row)
     result = {"shapes": SHAPES, "methods": list(args.methods), "lengths": sorted(args.lengths),

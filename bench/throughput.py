@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import write_json  # noqa: E402
+from bench.common import run_child, write_json  # noqa: E402
 from tutorial import build_model  # noqa: E402
 from tutorial.data.dataset import DetectionDataset, collate  # noqa: E402
 from tutorial.training.train import to_float  # noqa: E402
@@ -43,11 +42,10 @@ def table(args) -> None:
     for model in TINY:
         row = {"model": model}
         for amp in ("fp32", "bf16"):
-            cmd = [sys.executable, __file__, "--model", model, "--amp", amp, "--device", args.device,
-                   "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--print-json"]
-            cmd += ["--threads", str(args.threads)] if args.threads else []
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            row[amp] = json.loads(out.strip().splitlines()[-1])["images_per_s"]
+            child = ["--model", model, "--amp", amp, "--device", args.device, "--steps", args.steps,
+                     "--batch-size", args.batch_size, "--print-json"]
+            child += ["--threads", args.threads] if args.threads else []
+            row[amp] = run_child(__file__, child, what=f"{model} {amp}")["images_per_s"]
         row["bf16_speedup"] = round(row["bf16"] / row["fp32"], 2)
         print(row, flush=True)
         rows.append(row)

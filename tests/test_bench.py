@@ -1,13 +1,17 @@
-"""Smoke tests of the benchmarks' core functions on tiny inputs (no full val run, no subprocess):
-bench/latency.py (timing, the NMS table, the decoder-depth table) and bench/encoder_cost.py
-(FLOPs by part against closed-form counts, the analytic grid_sample term)."""
+"""Smoke tests of the benchmarks' core functions on tiny inputs (no full val run, no measurement
+subprocess): bench/common.py (round-robin timing, `run_child` on a two-line script), bench/latency.py
+(timing, the NMS table, the decoder-depth table) and bench/encoder_cost.py (FLOPs by part against
+closed-form counts, the analytic grid_sample term)."""
 from __future__ import annotations
 
+import subprocess
+
+import pytest
 import torch
 from torchvision.ops import nms
 
 import tutorial
-from bench.common import time_runs
+from bench.common import ROOT, ChildFailed, run_child, time_runs
 from bench.encoder_cost import DeformableEncoderPath, count_flops
 from bench.latency import depth_rows, dense_outputs, latency_functions, nms_rows, nms_settings, setting_name
 from tutorial.data.dataset import DetectionDataset
@@ -25,6 +29,20 @@ def test_time_runs_runs_round_robin_and_excludes_warmup():
     for s in stats.values():
         assert s["runs"] == 5 and s["p25_ms"] <= s["median_ms"] <= s["p75_ms"]
         assert abs(s["iqr_ms"] - (s["p75_ms"] - s["p25_ms"])) <= 2e-3  # each rounded to 1 µs
+
+
+def test_run_child_returns_the_last_json_line_and_names_a_failure(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text("import json, os, sys\nprint('progress...')\n"
+                      "print(json.dumps({'args': sys.argv[1:], 'cwd': os.getcwd()}))\n"
+                      "sys.exit(int(sys.argv[1]))\n")
+    assert run_child(script, [0, "x"], what="a test") == {"args": ["0", "x"], "cwd": str(ROOT)}
+    with pytest.raises(ChildFailed, match=r"the subprocess for a test failed \(exit 3\)") as failed:
+        run_child(script, [3], what="a test")
+    assert failed.value.returncode == 3
+    script.write_text("import time\ntime.sleep(10)\n")
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_child(script, [], what="a test", timeout=0.5)
 
 
 def test_nms_settings_hold_both_sweeps_once():
