@@ -1,5 +1,7 @@
 // What the two bindings (binding_cpu.cpp, binding_cuda.cpp) share: argument checks that name the
-// argument and what was expected, and the translation from tensors to raw pointers (kernels.h).
+// argument and what was expected, and the translation from tensors to raw pointers (kernels.h):
+// deform_shape, and the selective scan's ScanParams for the forward (scan_forward_params) and the
+// backward (scan_backward_params), filled here once for both devices.
 // The ops are registered with TORCH_LIBRARY (torch.ops.<namespace>.<op>), which needs far
 // lighter headers than torch/extension.h: the bindings compile in seconds, not a minute.
 #pragma once
@@ -99,6 +101,61 @@ ScanParams<T> scan_params(const at::Tensor& u, const at::Tensor& delta, const at
     TORCH_CHECK(delta_bias->size(0) == p.dim, "delta_bias must be (D,) = (", p.dim, ",)");
     p.delta_bias = delta_bias->data_ptr<T>();
   }
+  return p;
+}
+
+// The forward: ScanParams with the outputs allocated here and their pointers set. out (B, D, L);
+// y (B, D, L) the pre-gate output, empty without z; states (B, D, n_chunks, N), h at each chunk's end.
+template <typename T>
+ScanParams<T> scan_forward_params(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                  const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
+                                  const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
+                                  bool softplus, int64_t threads, int64_t items, at::Tensor& out, at::Tensor& y,
+                                  at::Tensor& states) {
+  ScanParams<T> p = scan_params<T>(u, delta, A, B, C, D, z, delta_bias, softplus, threads, items);
+  out = at::empty_like(u);                                               // (B, D, L)
+  y = z ? at::empty_like(u) : at::empty({0}, u.options());               // (B, D, L) or empty
+  states = at::empty({p.batch, p.dim, p.n_chunks(), p.dstate}, u.options());  // (B, D, n_chunks, N)
+  p.out = out.data_ptr<T>();
+  p.y = z ? y.data_ptr<T>() : nullptr;
+  p.states = states.data_ptr<T>();
+  return p;
+}
+
+// The gradients the backward writes into, allocated by each binding: du, ddelta, dz (B, D, L); dA
+// (D, N); dB, dC (B, G, N, L); dD, ddelta_bias (D,). The CPU gives the last five a leading (workers,)
+// axis, one zeroed copy per worker, summed afterwards; CUDA adds into them atomically.
+struct ScanGrads {
+  at::Tensor du, ddelta, dz, dA, dB, dC, dD, ddelta_bias;
+};
+
+// The backward: ScanParams of the inputs, of the forward's y and states (checked against the
+// inputs), of dout (B, D, L) and of the gradients in g (dz only with z).
+template <typename T>
+ScanParams<T> scan_backward_params(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                   const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
+                                   const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
+                                   bool softplus, const at::Tensor& y, const at::Tensor& states, const at::Tensor& dout,
+                                   int64_t threads, int64_t items, ScanGrads& g) {
+  ScanParams<T> p = scan_params<T>(u, delta, A, B, C, D, z, delta_bias, softplus, threads, items);
+  check_tensor(dout, "dout", u, 3);
+  check_tensor(states, "states", u, 4);
+  TORCH_CHECK(dout.sizes() == u.sizes(), "dout must be (B, D, L) = ", u.sizes(), ", got ", dout.sizes());
+  TORCH_CHECK(states.size(0) == p.batch && states.size(1) == p.dim && states.size(2) == p.n_chunks() &&
+                  states.size(3) == p.dstate,
+              "states must be (B, D, n_chunks, N) as the forward returned them, got ", states.sizes());
+  TORCH_CHECK(!z || (y.sizes() == u.sizes() && y.is_contiguous()), "y must be the forward's (B, D, L) pre-gate output");
+  p.y = z ? const_cast<T*>(y.data_ptr<T>()) : nullptr;
+  p.states = const_cast<T*>(states.data_ptr<T>());
+  p.dout = dout.data_ptr<T>();
+  p.du = g.du.data_ptr<T>();
+  p.ddelta = g.ddelta.data_ptr<T>();
+  p.dz = z ? g.dz.data_ptr<T>() : nullptr;
+  p.dA = g.dA.data_ptr<T>();
+  p.dB = g.dB.data_ptr<T>();
+  p.dC = g.dC.data_ptr<T>();
+  p.dD = g.dD.data_ptr<T>();
+  p.ddelta_bias = g.ddelta_bias.data_ptr<T>();
   return p;
 }
 

@@ -47,14 +47,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_forward(const at::Tensor& u,
                                                             bool softplus, int64_t threads, int64_t items) {
   TORCH_CHECK(u.device().is_cpu(), "the CPU extension needs CPU tensors");
   TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble, "u must be float32 or float64");
-  at::Tensor out = at::empty_like(u), y = z ? at::empty_like(u) : at::empty({0}, u.options()), states;
+  at::Tensor out, y, states;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_forward_cpu", [&] {
-    ScanParams<scalar_t> p = scan_params<scalar_t>(u, delta, A, B, C, D, z, delta_bias, softplus, threads, items);
-    states = at::empty({p.batch, p.dim, p.n_chunks(), p.dstate}, u.options());
-    p.out = out.data_ptr<scalar_t>();
-    p.y = z ? y.data_ptr<scalar_t>() : nullptr;
-    p.states = states.data_ptr<scalar_t>();
-    selective_scan_forward_cpu(p);
+    selective_scan_forward_cpu(scan_forward_params<scalar_t>(u, delta, A, B, C, D, z, delta_bias, softplus, threads,
+                                                             items, out, y, states));
   });
   return {out, y, states};
 }
@@ -67,36 +63,20 @@ scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
               const at::Tensor& states, const at::Tensor& dout, int64_t threads, int64_t items) {
   TORCH_CHECK(u.device().is_cpu(), "the CPU extension needs CPU tensors");
   TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble, "u must be float32 or float64");
-  check_tensor(dout, "dout", u, 3);
-  check_tensor(states, "states", u, 4);
   const int workers = std::max(1, at::get_num_threads());
   const int64_t dim = u.size(1);
-  at::Tensor du = at::empty_like(u), ddelta = at::empty_like(u), dz = at::zeros_like(u);
   // one zeroed copy per worker of every gradient that several channels add into
-  at::Tensor dA = at::zeros({workers, A.size(0), A.size(1)}, A.options());
-  at::Tensor dB = at::zeros({workers, B.size(0), B.size(1), B.size(2), B.size(3)}, B.options());
-  at::Tensor dC = at::zeros({workers, C.size(0), C.size(1), C.size(2), C.size(3)}, C.options());
-  at::Tensor dD = at::zeros({workers, dim}, u.options()), dbias = at::zeros({workers, dim}, u.options());
+  ScanGrads g{at::empty_like(u), at::empty_like(u), at::zeros_like(u),
+              at::zeros({workers, A.size(0), A.size(1)}, A.options()),
+              at::zeros({workers, B.size(0), B.size(1), B.size(2), B.size(3)}, B.options()),
+              at::zeros({workers, C.size(0), C.size(1), C.size(2), C.size(3)}, C.options()),
+              at::zeros({workers, dim}, u.options()), at::zeros({workers, dim}, u.options())};
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_backward_cpu", [&] {
-    ScanParams<scalar_t> p = scan_params<scalar_t>(u, delta, A, B, C, D, z, delta_bias, softplus, threads, items);
-    TORCH_CHECK(states.size(0) == p.batch && states.size(1) == p.dim && states.size(2) == p.n_chunks() &&
-                    states.size(3) == p.dstate,
-                "states must be (B, D, n_chunks, N) as the forward returned them, got ", states.sizes());
-    TORCH_CHECK(!z || (y.sizes() == u.sizes() && y.is_contiguous()), "y must be the forward's (B, D, L) pre-gate output");
-    p.y = z ? const_cast<scalar_t*>(y.data_ptr<scalar_t>()) : nullptr;
-    p.states = const_cast<scalar_t*>(states.data_ptr<scalar_t>());
-    p.dout = dout.data_ptr<scalar_t>();
-    p.du = du.data_ptr<scalar_t>();
-    p.ddelta = ddelta.data_ptr<scalar_t>();
-    p.dz = z ? dz.data_ptr<scalar_t>() : nullptr;
-    p.dA = dA.data_ptr<scalar_t>();
-    p.dB = dB.data_ptr<scalar_t>();
-    p.dC = dC.data_ptr<scalar_t>();
-    p.dD = dD.data_ptr<scalar_t>();
-    p.ddelta_bias = dbias.data_ptr<scalar_t>();
-    selective_scan_backward_cpu(p, workers);
+    selective_scan_backward_cpu(scan_backward_params<scalar_t>(u, delta, A, B, C, D, z, delta_bias, softplus, y, states,
+                                                               dout, threads, items, g),
+                                workers);
   });
-  return {du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0), dD.sum(0), dz, dbias.sum(0)};
+  return {g.du, g.ddelta, g.dA.sum(0), g.dB.sum(0), g.dC.sum(0), g.dD.sum(0), g.dz, g.ddelta_bias.sum(0)};
 }
 
 }  // namespace

@@ -67,14 +67,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_forward(const at::Tensor& u,
   TORCH_CHECK(u.is_cuda(), "the CUDA extension needs GPU tensors");
   TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble, "u must be float32 or float64");
   const c10::cuda::CUDAGuard guard(u.device());
-  at::Tensor out = at::empty_like(u), y = z ? at::empty_like(u) : at::empty({0}, u.options()), states;
+  at::Tensor out, y, states;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_forward_cuda", [&] {
-    ScanParams<scalar_t> p = scan_params<scalar_t>(u, delta, A, B, C, D, z, delta_bias, softplus, threads, items);
+    const ScanParams<scalar_t> p = scan_forward_params<scalar_t>(u, delta, A, B, C, D, z, delta_bias, softplus, threads,
+                                                                 items, out, y, states);
     check_geometry(threads, items, p.dstate);
-    states = at::empty({p.batch, p.dim, p.n_chunks(), p.dstate}, u.options());
-    p.out = out.data_ptr<scalar_t>();
-    p.y = z ? y.data_ptr<scalar_t>() : nullptr;
-    p.states = states.data_ptr<scalar_t>();
     check_status(selective_scan_forward_cuda(p, current_stream()), "selective_scan forward");
   });
   return {out, y, states};
@@ -87,34 +84,18 @@ scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
               const at::Tensor& states, const at::Tensor& dout, int64_t threads, int64_t items) {
   TORCH_CHECK(u.is_cuda(), "the CUDA extension needs GPU tensors");
   TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble, "u must be float32 or float64");
-  check_tensor(dout, "dout", u, 3);
-  check_tensor(states, "states", u, 4);
   const c10::cuda::CUDAGuard guard(u.device());
   const int64_t dim = u.size(1);
-  at::Tensor du = at::empty_like(u), ddelta = at::empty_like(u), dz = at::zeros_like(u);
-  at::Tensor dA = at::zeros_like(A), dB = at::zeros_like(B), dC = at::zeros_like(C);  // added into atomically
-  at::Tensor dD = at::zeros({dim}, u.options()), dbias = at::zeros({dim}, u.options());
+  ScanGrads g{at::empty_like(u), at::empty_like(u), at::zeros_like(u),
+              at::zeros_like(A), at::zeros_like(B), at::zeros_like(C),  // added into atomically
+              at::zeros({dim}, u.options()), at::zeros({dim}, u.options())};
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_backward_cuda", [&] {
-    ScanParams<scalar_t> p = scan_params<scalar_t>(u, delta, A, B, C, D, z, delta_bias, softplus, threads, items);
+    const ScanParams<scalar_t> p = scan_backward_params<scalar_t>(u, delta, A, B, C, D, z, delta_bias, softplus, y,
+                                                                  states, dout, threads, items, g);
     check_geometry(threads, items, p.dstate);
-    TORCH_CHECK(states.size(0) == p.batch && states.size(1) == p.dim && states.size(2) == p.n_chunks() &&
-                    states.size(3) == p.dstate,
-                "states must be (B, D, n_chunks, N) as the forward returned them, got ", states.sizes());
-    TORCH_CHECK(!z || (y.sizes() == u.sizes() && y.is_contiguous()), "y must be the forward's (B, D, L) pre-gate output");
-    p.y = z ? const_cast<scalar_t*>(y.data_ptr<scalar_t>()) : nullptr;
-    p.states = const_cast<scalar_t*>(states.data_ptr<scalar_t>());
-    p.dout = dout.data_ptr<scalar_t>();
-    p.du = du.data_ptr<scalar_t>();
-    p.ddelta = ddelta.data_ptr<scalar_t>();
-    p.dz = z ? dz.data_ptr<scalar_t>() : nullptr;
-    p.dA = dA.data_ptr<scalar_t>();
-    p.dB = dB.data_ptr<scalar_t>();
-    p.dC = dC.data_ptr<scalar_t>();
-    p.dD = dD.data_ptr<scalar_t>();
-    p.ddelta_bias = dbias.data_ptr<scalar_t>();
     check_status(selective_scan_backward_cuda(p, current_stream()), "selective_scan backward");
   });
-  return {du, ddelta, dA, dB, dC, dD, dz, dbias};
+  return {g.du, g.ddelta, g.dA, g.dB, g.dC, g.dD, g.dz, g.ddelta_bias};
 }
 
 }  // namespace
