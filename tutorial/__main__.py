@@ -96,8 +96,11 @@ def option_of(f: dataclasses.Field, kind, comment: str, default) -> tuple[str, d
             kw["metavar"] = METAVARS[f.name]
     elif kind is dict or origin is dict:
         kw.update(default=None, metavar="JSON")  # parsed by `config_from_args`: an error there is one line
-    else:
+    elif kind in (int, float, str):
         kw["type"] = kind
+    else:  # a field of a new kind: say which, rather than parse it wrongly
+        raise TypeError(f"{f.name}: no command-line option for a field annotated {kind}; "
+                        f"expected int, float, str, bool, a Literal, a tuple or dict (or `| None` of one)")
     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
         kw["required"] = True
     shown = "" if default is None or isinstance(default, (bool, dict)) else f" (default: {default})"
