@@ -186,7 +186,7 @@ def main() -> None:
         print(json.dumps(child(*args.one, args.data, args.warmup, args.repeats)))
         return
     from bench.common import RESULTS, run_child, write_json
-    from tutorial.viz import plots
+    from tutorial.viz.rt_detr import plot_latency_report
     from tutorial.training.checkpoint import load_model
 
     started = time.perf_counter()
@@ -238,7 +238,7 @@ def main() -> None:
             print(f"dino   AP {100 * report['dino']['AP']:5.1f} {report['dino']['latency']['median_ms']:.2f} ms")
     report["wall_time_s"] = round(time.perf_counter() - started, 1)
     write_json("latency", report)
-    fig = plots.plot_latency_report(report)
+    fig = plot_latency_report(report)
     fig.savefig(RESULTS / "latency.png", dpi=120)
     print(f"wrote {RESULTS / 'latency.png'}")
 

@@ -174,7 +174,7 @@ def main() -> None:
 
     matplotlib.use("Agg")
     from bench.common import RESULTS, ChildFailed, run_child, write_json
-    from tutorial.viz.plots import plot_scaling
+    from tutorial.viz.ssm import plot_scaling
 
     if args.replot:
         fig = plot_scaling(json.loads((RESULTS / f"{args.name}.json").read_text()))

@@ -13,7 +13,7 @@ from torch import nn
 from tutorial import figure_metrics as fm
 from tutorial.models.deformable_transformer import inverse_sigmoid
 from tutorial.data.dataset import DetectionDataset
-from tutorial.viz.widgets import QueryRunner, select_head
+from tutorial.inspect import QueryRunner, select_head
 
 from .tiny import small_model
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from tutorial.viz import plots
+from tutorial.viz.common import class_name
 from tutorial import real_weights
 from tutorial.data.class_names import COCO_CLASSES
 from tutorial.data.dataset import IMAGENET_MEAN, IMAGENET_STD
@@ -173,7 +173,7 @@ def test_dataset_is_detr_val_transform(tmp_path):
 
 def test_runner_reads_the_dataset(tmp_path):
     from tutorial import build_model
-    from tutorial.viz.widgets import ModelRunner
+    from tutorial.inspect import ModelRunner
 
     torch.manual_seed(0)
     model = build_model("detr_tiny")
@@ -187,7 +187,7 @@ def test_runner_reads_the_dataset(tmp_path):
 def test_views_name_classes_from_the_model(tmp_path):
     """A 91-class model's views name its predictions with COCO's names, a shapes model's with the shapes'."""
     from tutorial import build_model
-    from tutorial.viz.widgets import DecoderAttentionView
+    from tutorial.viz.views_detr import DecoderAttentionView
 
     torch.manual_seed(0)
     model = build_model("detr_tiny", num_classes=91)
@@ -203,7 +203,7 @@ def test_views_name_classes_from_the_model(tmp_path):
     first_name = view.controls["query"].options[0][0].split(": ", 1)[1].rsplit(" ", 1)[0]
     assert f"({first_name} " in view.figure.axes[1].get_title()
     from tutorial.data.shapes import CATEGORIES
-    assert plots.class_name(1) == CATEGORIES[0] and plots.class_name(1, COCO_CLASSES) == "person"
+    assert class_name(1) == CATEGORIES[0] and class_name(1, COCO_CLASSES) == "person"
 
 
 # --- the notebook section, run for real -------------------------------------------------------

@@ -13,10 +13,11 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from tutorial.viz import plots  # noqa: E402
-from tutorial.ssm.parallel_scan import scan_combine, sequential_scan  # noqa: E402
-from tutorial.ssm.ss2d import SS2D, SS2DConfig  # noqa: E402
-from tutorial.viz.widgets import ScanDirectionsView  # noqa: E402
+from tutorial.ssm.parallel_scan import odd_even_scan_steps, scan_combine, sequential_scan  # noqa: E402
+from tutorial.ssm.ss2d import SS2D, SS2DConfig, scan_positions  # noqa: E402
+from tutorial.viz.ss2d import plot_scan_directions  # noqa: E402
+from tutorial.viz.ssm import plot_scaling, plot_scan_tree  # noqa: E402
+from tutorial.viz.views_ssm import ScanDirectionsView  # noqa: E402
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -29,7 +30,7 @@ def test_scan_tree_replayed_is_the_loop(length):
     g = torch.Generator().manual_seed(length)
     a, b = torch.rand(3, length, generator=g, dtype=F64), torch.randn(3, length, generator=g, dtype=F64)
     acc_a, acc_b = a.clone(), b.clone()
-    steps = plots.odd_even_scan_steps(length)
+    steps = odd_even_scan_steps(length)
     for level in steps:
         src = [s for s, _ in level["pairs"]]
         dst = [d for _, d in level["pairs"]]
@@ -44,14 +45,14 @@ def test_scan_tree_replayed_is_the_loop(length):
 def test_scan_tree_draws_one_arrow_per_combine():
     fig = matplotlib.figure.Figure()
     ax = fig.add_subplot()
-    plots.plot_scan_tree(ax, 10)
+    plot_scan_tree(ax, 10, odd_even_scan_steps(10))
     arrows = [c for c in ax.get_children() if isinstance(c, matplotlib.text.Annotation)]
-    assert len(arrows) == sum(len(level["pairs"]) for level in plots.odd_even_scan_steps(10))
+    assert len(arrows) == sum(len(level["pairs"]) for level in odd_even_scan_steps(10))
 
 
 def test_scan_positions_are_the_four_orders():
     h, w = 3, 4
-    pos = plots.scan_positions(h, w)
+    pos = scan_positions(h, w)
     row_major = [(i, j) for i in range(h) for j in range(w)]
     col_major = [(i, j) for j in range(w) for i in range(h)]
     for k, order in enumerate([row_major, col_major, row_major[::-1], col_major[::-1]]):
@@ -60,7 +61,7 @@ def test_scan_positions_are_the_four_orders():
 
 
 def test_scan_directions_figure_has_four_paths():
-    fig = plots.plot_scan_directions(torch.rand(5, 6, 3).numpy())
+    fig = plot_scan_directions(torch.rand(5, 6, 3).numpy(), scan_positions(5, 6))
     assert len(fig.axes) == 8
     assert [ax.get_title() for ax in fig.axes[:4]][0].endswith("row-major")
 
@@ -90,7 +91,7 @@ def test_scaling_plot_draws_measured_points_only():
     results = {"methods": ["attention (fused)", "scan (sequential)", "scan (parallel)"], "rows": rows,
                "speedups": [{"pass": "forward", "N": 256, "parallel_speedup": 2.0, "chunked_speedup": None}],
                "shapes": {"batch": 1, "channels": 256, "heads": 8, "head_dim": 32, "d_state": 16}}
-    fig = plots.plot_scaling(results)
+    fig = plot_scaling(results)
     ax_t = fig.axes[0]
     data = [line for line in ax_t.get_lines() if line.get_marker() == "."]
     assert len(data) == 6 and all(len(line.get_xdata()) == 2 for line in data)  # the skipped point is not drawn

@@ -1,4 +1,5 @@
-"""The notebooks' views (`tutorial/viz/widgets.py`) and figures (`tutorial/viz/plots.py`).
+"""The notebooks' views (`tutorial/viz/views*.py`, on the runners of `tutorial/inspect.py`) and
+figures (`tutorial/viz/`).
 
 For each view: build it on the small shapes set with a small random DETR, change a control the
 way a learner would (`control.value = ...`), and check that the figure changed to what the new
@@ -17,14 +18,27 @@ import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 import tutorial  # noqa: E402
-from tutorial.viz import plots  # noqa: E402
+from tutorial.data.statistics import box_modes  # noqa: E402
+from tutorial.ops.box_ops import boxes_to_pixels  # noqa: E402
+from tutorial.training.curves import load_training_curves  # noqa: E402
+from tutorial.viz.anchors import plot_positional_maps  # noqa: E402
+from tutorial.viz.attention import attention_overlay  # noqa: E402
+from tutorial.viz.boxes import draw_boxes, show_image  # noqa: E402
+from tutorial.viz.common import denormalize, format_ap  # noqa: E402
+from tutorial.viz.denoising import (plot_contrastive_denoising, plot_dn_attention_mask,  # noqa: E402
+                                    plot_instability_and_ap)
+from tutorial.viz.detr import plot_decoder_attention, plot_encoder_attention  # noqa: E402
+from tutorial.viz.rt_detr import LEVEL_COLOURS, plot_encoder_stages, plot_nms_sweep, plot_speed_accuracy  # noqa: E402
 from tutorial.data.dataset import DetectionDataset  # noqa: E402
 from tutorial.matching.matcher import matching_cost  # noqa: E402
 from tutorial.ops.deformable_attention import MSDeformAttn  # noqa: E402
 from tutorial.models.conditional_detr import positional_attention  # noqa: E402
-from tutorial.viz.widgets import (DecoderAttentionView, DeformableRunner, DenoisingView,  # noqa: E402
-                              EncoderAttentionView, ImageBrowser, MatchingView, ModelRunner,
-                              PositionalAttentionView, QueryRunner, SamplingPointsView)
+from tutorial.inspect import DeformableRunner, ModelRunner, QueryRunner  # noqa: E402
+from tutorial.viz.views import ImageBrowser, MatchingView  # noqa: E402
+from tutorial.viz.views_anchors import PositionalAttentionView  # noqa: E402
+from tutorial.viz.views_deformable import SamplingPointsView  # noqa: E402
+from tutorial.viz.views_denoising import DenoisingView  # noqa: E402
+from tutorial.viz.views_detr import DecoderAttentionView, EncoderAttentionView  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +88,9 @@ def test_image_browser_shows_the_chosen_image_and_its_boxes(val_set):
     after = drawn_image(view.figure.axes[0])
     assert before.shape != after.shape or not np.allclose(before, after)
     image, target = val_set[5]
-    np.testing.assert_allclose(after, plots.denormalize(image), atol=1e-6)
+    np.testing.assert_allclose(after, denormalize(image), atol=1e-6)
     rects = [p for p in view.figure.axes[0].patches if isinstance(p, Rectangle)]
-    expected = plots.boxes_to_pixels(target["boxes"], target["size"])  # (n, 4) xyxy
+    expected = boxes_to_pixels(target["boxes"], target["size"])  # (n, 4) xyxy
     assert len(rects) == len(expected)
     for rect, (x0, y0, x1, y1) in zip(rects, expected.tolist()):
         assert rect.get_xy() == pytest.approx((x0, y0), abs=1e-3)
@@ -176,7 +190,7 @@ def test_attention_overlay_leaves_padding_transparent():
     mask = torch.zeros(4, 6, dtype=torch.bool)
     mask[:, 4:] = True  # the two right columns are padding
     ax = Figure().add_subplot()
-    im = plots.attention_overlay(ax, image, attention, mask, size=(64, 64))
+    im = attention_overlay(ax, image, attention, mask, size=(64, 64))
     drawn = im.get_array()
     assert np.ma.getmaskarray(drawn)[:, 4:].all() and not np.ma.getmaskarray(drawn)[:, :4].any()
     assert im.get_extent() == [0, 96, 64, 0]  # cells cover the padded canvas at the feature stride
@@ -188,7 +202,7 @@ def test_box_modes_follow_the_slot_figure_colours():
     boxes = torch.tensor([[0.5, 0.5, 0.1, 0.1],  # 20 x 10 px: small
                           [0.5, 0.5, 0.5, 0.2],  # 100 x 20 px: large horizontal
                           [0.5, 0.5, 0.2, 0.9]])  # 40 x 90 px: large vertical
-    assert plots.box_modes(boxes, sizes).tolist() == [0, 1, 2]
+    assert box_modes(boxes, sizes).tolist() == [0, 1, 2]
 
 
 # --- figures a person can read: colourbars, the image control, labels that do not collide --------
@@ -204,7 +218,7 @@ def test_attention_figures_share_one_labelled_colour_scale_after_their_panels(ru
     hf, wf = r["feature_size"]
     attention = r["encoder_attention"][-1].mean(0)  # (N, N)
     points = [(0, 0), (hf - 1, wf - 1)]
-    fig = plots.plot_encoder_attention(r["image"], attention, points, (hf, wf), r["feature_mask"], r["size"])
+    fig = plot_encoder_attention(r["image"], attention, points, (hf, wf), r["feature_mask"], r["size"])
     assert [ax.get_title() for ax in fig.axes[1:3]] == ["point (0, 0)", f"point ({hf - 1}, {wf - 1})"]
     (bar,) = colourbars(fig)
     assert fig.axes[3] is bar and f"softmax over {hf * wf} cells" in bar.get_ylabel()
@@ -212,7 +226,7 @@ def test_attention_figures_share_one_labelled_colour_scale_after_their_panels(ru
     assert [ax.images[1].get_clim() for ax in fig.axes[1:3]] == [pytest.approx((0.0, vmax))] * 2
 
     queries = [0, 3, 5]
-    fig = plots.plot_decoder_attention(r["image"], r["decoder_attention"][-1].mean(0), queries, r["boxes"],
+    fig = plot_decoder_attention(r["image"], r["decoder_attention"][-1].mean(0), queries, r["boxes"],
                                        r["labels"], r["scores"], (hf, wf), r["feature_mask"], r["size"], ncols=2)
     assert len(fig.axes) == 5 and colourbars(fig) == [fig.axes[4]]  # 2 x 2 panels, then the colourbar
     assert fig.axes[0].get_title().startswith("query 0:")
@@ -222,7 +236,7 @@ def test_positional_maps_keep_their_panel_indices_and_say_what_colour_means():
     torch.manual_seed(0)
     image = torch.randn(3, 40, 60)
     maps = {"a": torch.rand(4, 12).softmax(-1), "b": torch.rand(4, 12).softmax(-1)}  # (Q, h·w), h, w = 3, 4
-    fig = plots.plot_positional_maps(image, maps, [0, 2, 3], (3, 4))
+    fig = plot_positional_maps(image, maps, [0, 2, 3], (3, 4))
     for r, name in enumerate(maps):
         for c, q in enumerate([0, 2, 3]):
             ax = fig.axes[r * 3 + c]  # the documented contract
@@ -236,7 +250,7 @@ def test_encoder_stage_panels_each_get_a_colourbar_after_all_panels():
     torch.manual_seed(0)
     image = torch.randn(3, 64, 64)
     stages = {"projected": [torch.rand(8, 8, 8), torch.rand(8, 4, 4)], "after AIFI": [None, torch.rand(8, 4, 4)]}
-    fig = plots.plot_encoder_stages(image, stages)
+    fig = plot_encoder_stages(image, stages)
     np.testing.assert_allclose(np.asarray(fig.axes[1 * 2 + 1].images[1].get_array()),
                                stages["after AIFI"][1].norm(dim=0).numpy(), rtol=1e-6)  # panel (r, l) = r·L + l
     assert fig.axes[4:] == colourbars(fig) and len(colourbars(fig)) == 3  # one per drawn panel, none for None
@@ -246,18 +260,18 @@ def test_encoder_stage_panels_each_get_a_colourbar_after_all_panels():
 def test_image_control_is_wide_and_its_buttons_and_box_move_the_image(model, val_set, runner):
     import ipywidgets
 
-    from tutorial.viz import widgets
+    from tutorial.viz import views
 
     view = ImageBrowser(val_set, index=0)
     slider = view.controls["index"]
-    assert slider.layout.width == widgets.IMAGE_SLIDER_WIDTH and int(slider.layout.width.rstrip("px")) >= 400
+    assert slider.layout.width == views.IMAGE_SLIDER_WIDTH and int(slider.layout.width.rstrip("px")) >= 400
     picker = view.image_picker()
     assert view.widget.children[0] is picker and picker is view.image_picker()  # built once, shown first
     _, previous, following, box = picker.children
     assert isinstance(box, ipywidgets.BoundedIntText) and box.max == len(val_set) - 1
     box.value = 7  # typed in the box: the view shows image 7
     assert slider.value == 7
-    np.testing.assert_allclose(drawn_image(view.figure.axes[0]), plots.denormalize(val_set[7][0]), atol=1e-6)
+    np.testing.assert_allclose(drawn_image(view.figure.axes[0]), denormalize(val_set[7][0]), atol=1e-6)
     following.click()
     assert slider.value == box.value == 8
     previous.click()
@@ -271,7 +285,7 @@ def test_image_control_is_wide_and_its_buttons_and_box_move_the_image(model, val
     assert slider.value == len(val_set) - 1
     for other in (MatchingView(model, val_set, runner=runner), EncoderAttentionView(model, val_set, runner=runner),
                   DecoderAttentionView(model, val_set, runner=runner)):
-        assert other.controls["index"].layout.width == widgets.IMAGE_SLIDER_WIDTH
+        assert other.controls["index"].layout.width == views.IMAGE_SLIDER_WIDTH
         assert other.widget.children[0].children[0] is other.controls["index"]
 
 
@@ -288,17 +302,17 @@ def test_views_label_their_attention_colours(model, val_set, runner):
 
 def test_ap_is_printed_in_percent_from_the_fractions_the_files_keep():
     metrics = {"AP": 0.2938, "AP50": 0.5222, "APs": 0.0509, "APl": 0.6803, "AR": None}
-    assert plots.format_ap(metrics) == "AP 29.4%, AP50 52.2%, AP_S 5.1%, AP_L 68.0%"
-    assert plots.format_ap(metrics, ("AP50", "AP")) == "AP50 52.2%, AP 29.4%"
-    assert plots.format_ap(None) == plots.format_ap({}) == "AP ?"
+    assert format_ap(metrics) == "AP 29.4%, AP50 52.2%, AP_S 5.1%, AP_L 68.0%"
+    assert format_ap(metrics, ("AP50", "AP")) == "AP50 52.2%, AP 29.4%"
+    assert format_ap(None) == format_ap({}) == "AP ?"
 
 
 def test_box_captions_at_the_top_of_the_view_go_inside_the_box():
     from matplotlib.figure import Figure
 
     ax = Figure().add_subplot()
-    plots.show_image(ax, torch.zeros(3, 100, 100))
-    plots.draw_boxes(ax, [[10, 1, 50, 40], [10, 50, 50, 90]], labels=[1, 2])
+    show_image(ax, torch.zeros(3, 100, 100))
+    draw_boxes(ax, [[10, 1, 50, 40], [10, 50, 50, 90]], labels=[1, 2])
     assert [t.get_verticalalignment() for t in ax.texts] == ["top", "bottom"]
 
 
@@ -326,7 +340,7 @@ def test_speed_accuracy_labels_of_close_points_do_not_overlap():
               "dino": latency_row(72.5, 0.0)}
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.add_subplot()
-    plots.plot_speed_accuracy(ax, report)
+    plot_speed_accuracy(ax, report)
     texts = sorted(t.get_text() for t in ax.texts)
     assert texts == sorted(["Dec1", "Dec2", "Dec3", "0.001", "0.01", "0.05", "0.1", "0.25"])
     boxes = drawn_extents(fig, ax.texts)
@@ -343,7 +357,7 @@ def test_nms_sweep_writes_ap_in_percent_clear_of_the_time_line():
             for t, ap, ms in ((0.5, 0.044, 0.05), (0.7, 0.040, 1.6), (0.9, 0.019, 3.1))]
     fig = Figure(figsize=(5, 3.5), layout="constrained")
     ax = fig.add_subplot()
-    plots.plot_nms_sweep(ax, rows, "iou_threshold")
+    plot_nms_sweep(ax, rows, "iou_threshold")
     assert [t.get_text() for t in ax.texts] == ["4.4", "4.0", "1.9"] and ax.get_ylabel() == "AP (%)"
     twin = fig.axes[1]
     assert min(twin.get_yticks()) >= 0  # no negative times on the axis
@@ -469,7 +483,7 @@ def test_positional_view_draws_the_chosen_querys_map_for_the_chosen_model(anchor
     torch.testing.assert_close(view.attention_map, out["decoder_attention"][0][0].mean(0)[4].reshape(hf, wf))
     # the white reference is query 4's anchor box of layer 1: dashed, at the learned anchor
     dashed = [p for p in view.figure.axes[0].patches if isinstance(p, Rectangle)]
-    (expected_box,) = plots.boxes_to_pixels(out["reference_points"][0][0, 4][None], image.shape[-2:]).tolist()
+    (expected_box,) = boxes_to_pixels(out["reference_points"][0][0, 4][None], image.shape[-2:]).tolist()
     assert dashed[0].get_xy() == pytest.approx(tuple(expected_box[:2]), abs=1e-3)
 
     view.controls["layer"].value = 1  # layer 2: its anchors were refined by layer 1
@@ -558,7 +572,7 @@ def test_dn_attention_mask_figure_and_curves(tmp_path):
 
     ax = Figure().add_subplot()
     mask = dn_attention_mask(3, 2, 4)  # (10, 10)
-    im = plots.plot_dn_attention_mask(ax, mask, 3, 2)
+    im = plot_dn_attention_mask(ax, mask, 3, 2)
     np.testing.assert_array_equal(np.asarray(im.get_array()), mask.numpy().astype(float))
     assert [t.get_text() for t in ax.get_xticklabels()] == ["group 0", "group 1", "group 2", "matching (4)"]
 
@@ -568,9 +582,9 @@ def test_dn_attention_mask_figure_and_curves(tmp_path):
     (manifests / "a.json").write_text('{"ap_curve": [{"epoch": 0, "AP": 0.1}, {"epoch": 1, "AP": 0.2}]}')
     (manifests / "b.json").write_text('{"ap_curve": [{"epoch": 0, "AP": 0.3}]}')
     report.write_text('{"curves": {"b": [{"epoch": 0, "AP": 0.1}, {"epoch": 1, "AP": 0.4, "IS": 7}]}}')
-    curves, sources = plots.load_training_curves(["a", "b", "c"], report, manifests)
+    curves, sources = load_training_curves(["a", "b", "c"], report, manifests)
     assert set(curves) == {"a", "b"} and sources == {"a": str(manifests / "a.json"), "b": str(report)}
-    fig = plots.plot_instability_and_ap(curves)
+    fig = plot_instability_and_ap(curves)
     ax_is, ax_ap = fig.axes[:2]
     ap_drawn = [tuple(line.get_xydata()[:, 1]) for line in ax_ap.lines]
     assert ap_drawn == [pytest.approx((10, 20)), pytest.approx((10, 40))]  # the fractions, drawn in %
@@ -584,7 +598,8 @@ def test_dn_attention_mask_figure_and_curves(tmp_path):
 from matplotlib.colors import to_rgba  # noqa: E402
 from torchvision.ops import nms  # noqa: E402
 
-from tutorial.viz.widgets import NMSView, QuerySelectionView, denoising_queries  # noqa: E402
+from tutorial.inspect import denoising_queries  # noqa: E402
+from tutorial.viz.views_rt_detr import NMSView, QuerySelectionView  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -606,7 +621,7 @@ def test_query_selection_view_draws_the_predictions_of_the_chosen_depth(rtdetr_m
         out = rtdetr_model(image[None], torch.zeros(1, *image.shape[-2:], dtype=torch.bool), num_decoder_layers=1)
     scores = out["pred_logits"][0].sigmoid().max(-1).values  # (Q,)
     order = scores.argsort(descending=True)
-    expected = plots.boxes_to_pixels(out["pred_boxes"][0][order], target["size"])  # (Q, 4) xyxy
+    expected = boxes_to_pixels(out["pred_boxes"][0][order], target["size"])  # (Q, 4) xyxy
     assert view.shown == order.tolist()
     torch.testing.assert_close(view.shown_scores, scores[order])
     torch.testing.assert_close(view.shown_boxes, expected)
@@ -632,7 +647,7 @@ def test_query_selection_view_outlines_the_chosen_number_of_selected_tokens(rtde
             index -= h_l * w_l
         y, x = divmod(index, w_l)
         assert rect.get_xy() == pytest.approx((x * w / w_l, y * h / h_l), abs=1e-3)
-        assert rect.get_edgecolor() == to_rgba(plots.LEVEL_COLOURS[lvl])
+        assert rect.get_edgecolor() == to_rgba(LEVEL_COLOURS[lvl])
 
 
 def per_class_nms(boxes, scores, labels, iou_threshold):
@@ -662,7 +677,7 @@ def test_nms_view_keeps_what_nms_keeps_at_the_chosen_thresholds(val_set):
         assert len(view.candidates["scores"]) == len(idx)
         h, w = target["size"].tolist()
         k = out["pred_logits"].shape[-1]  # pair index = location · K + class
-        boxes = plots.boxes_to_pixels(out["pred_boxes"][0][idx // k], (h, w))  # (n, 4) xyxy
+        boxes = boxes_to_pixels(out["pred_boxes"][0][idx // k], (h, w))  # (n, 4) xyxy
         keep = per_class_nms(boxes, flat[idx], idx % k, iou)[:dense.cfg.num_detections]
         torch.testing.assert_close(view.kept["scores"], flat[idx][keep])  # the same scores, best first
         got = torch.cat([view.kept["scores"][:, None], view.kept["boxes"]], 1).numpy()  # (n, 5)
@@ -709,7 +724,7 @@ def test_denoising_queries_are_the_models_and_change_nothing(val_set):
     from matplotlib.figure import Figure
 
     ax = Figure().add_subplot()
-    plots.plot_contrastive_denoising(ax, image, dn, group=1)
+    plot_contrastive_denoising(ax, image, dn, group=1)
     arrows = ax.texts  # one per slot of group 1, from the noised anchor to its object
     assert len(arrows) == m
     h, w = image.shape[-2:]

@@ -42,7 +42,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from .matching.matcher import hungarian_match, matching_cost
-from .viz.plots import box_modes
+from .data.statistics import box_modes
 from .data.shapes import ShapesConfig, draw_image
 
 
@@ -195,7 +195,7 @@ def map_peaks_and_spread(maps: Tensor, grid: tuple[int, int], floor: float = 0.5
 @torch.no_grad()
 def positional_priors(model, dataset, index: int = 0, layer: int = 0, grid: tuple[int, int] = (32, 32)) -> dict:
     """See the module docstring: the first-layer positional maps of `model` on image `index`."""
-    from .viz.widgets import QueryRunner, select_head
+    from .inspect import QueryRunner, select_head
 
     r = QueryRunner(model.eval(), dataset, grid=grid)(index)
     maps = select_head(r["positional_attention"][layer], "mean")  # (Q, h·w)
@@ -231,7 +231,7 @@ def anchor_alignment(model, dataset, images: int = 50, grid: tuple[int, int] = (
     "heads": [stats] per head, "best_head"}, where stats = {"maps", "median_distance", and for anchor
     boxes "share_peak_in_box", "median_lift"} over the first `images` val images. The best head is
     the one whose maxima fall in the box most often (for points: nearest the reference)."""
-    from .viz.widgets import QueryRunner
+    from .inspect import QueryRunner
 
     runner, rows = QueryRunner(model.eval(), dataset, grid=grid), {}
     for i in range(min(images, len(dataset))):

@@ -14,7 +14,7 @@ and `load_pretrained` (`tutorial/convert/`) turns a foreign file into our model 
 Photos are transformed as DETR's validation set (`datasets/coco.py` of the official code, and
 `tutorial.data.dataset.make_transforms(train=False, resize=(800, 1333))`): shorter side 800 pixels,
 longer side at most 1333, ImageNet normalisation. `RealImages` returns the (image, target) pairs
-the runners of `tutorial/viz/widgets.py` read (a target with no boxes: a photo has no ground truth).
+the runners of `tutorial/inspect.py` read (a target with no boxes: a photo has no ground truth).
 
 The models of the papers predict COCO's category ids (K = 91); the views name each model's classes
 from its class count (`tutorial.class_names`), so COCO's names appear without anything to set.
@@ -32,7 +32,6 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision import tv_tensors
 
-from .viz import plots
 from .data.class_names import class_name, class_names
 from .convert.files import HF_FILES
 from .data.dataset import make_transforms
@@ -164,7 +163,7 @@ class RealImages(torch.utils.data.Dataset):
     """Photos as (image (3, H, W) normalised, target) pairs, transformed as DETR's val set
     (`tutorial.data.dataset.make_transforms(False, resize)`). The target is `DetectionDataset`'s without
     ground truth: {"boxes" (0, 4), "labels" (0,), "image_id", "orig_size" (h, w), "size" (h, w)},
-    which is all the runners of `tutorial/viz/widgets.py` read."""
+    which is all the runners of `tutorial/inspect.py` read."""
 
     def __init__(self, paths: list[str | os.PathLike], resize: tuple[int, int] | None = VAL_RESIZE):
         self.paths = [Path(p) for p in paths]

@@ -8,12 +8,14 @@ Generalised IoU (Rezatofighi et al., CVPR 2019, Alg. 1): GIoU = IoU - |C \\ (A â
 C is the smallest box enclosing A and B. It lies in (-1, 1] and, unlike IoU, still has a
 gradient when the boxes do not overlap, which is why DETR's box loss uses it next to L1.
 The rest of the package calls `torchvision.ops` (`box_convert`, `generalized_box_iou`);
-`tests/test_box_ops.py` checks that these derivations equal it.
+`tests/test_box_ops.py` checks that these derivations equal it. `boxes_to_pixels` (no exercise)
+turns DETR's normalised cxcywh boxes into the xyxy pixel boxes the figures draw.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torchvision.ops import box_convert
 
 
 def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
@@ -55,3 +57,11 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     wh = (bottom_right - top_left).clamp(min=0)  # (N, M, 2)
     enclosing = wh[..., 0] * wh[..., 1]  # (N, M)
     return iou - (enclosing - union) / enclosing
+
+
+def boxes_to_pixels(boxes: Tensor, size) -> Tensor:
+    """(n, 4) cxcywh boxes normalised by the image size (DETR's targets and predictions) and
+    size = (h, w) -> (n, 4) xyxy boxes in pixels."""
+    h, w = (int(v) for v in size)
+    xyxy = box_convert(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), "cxcywh", "xyxy")  # (n, 4)
+    return xyxy * torch.tensor([w, h, w, h], dtype=torch.float32)  # (n, 4) pixels

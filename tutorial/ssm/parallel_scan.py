@@ -15,7 +15,8 @@ csrc/selective_scan/selective_scan_common.h, scanned with cub's BlockScan).
 Four ways to compute the same h, all along the last axis of tensors shaped (..., L):
 - `sequential_scan`: the plain loop, L dependent steps (the reference);
 - `parallel_scan`: the recursive odd/even (work-efficient) scan: combine neighbouring pairs,
-  scan the L/2 pairs, fill in the rest; log2(L) levels, O(L) work, any L;
+  scan the L/2 pairs, fill in the rest; log2(L) levels, O(L) work, any L (`odd_even_scan_steps`
+  lists which element it combines with which, level by level);
 - `parallel_scan_fn`: the same forward with a hand-written backward that is itself a scan,
   run in reverse: the adjoint recurrence λ_t = a_{t+1} λ_{t+1} + ∂loss/∂h_t;
 - `chunked_scan`: the hardware-aware layout of Mamba's kernel (seed, steps 1-4): the sequence
@@ -80,6 +81,32 @@ def parallel_scan(a: Tensor, b: Tensor) -> Tensor:
     h_even = torch.cat([b[..., :1], h_even], dim=-1)  # (..., m+1) with h_0 = b_0
     h = torch.stack([h_even[..., :n], h_odd], dim=-1).flatten(-2)  # (..., 2n) interleaved
     return torch.cat([h, h_even[..., n:]], dim=-1)  # (..., L) plus the unpaired last one
+
+
+
+def odd_even_scan_steps(length: int) -> list[dict]:
+    """The combines `parallel_scan` performs on a sequence of `length`, level by level -> [{"phase":
+    "up" | "down", "depth": k, "pairs": [(src, dst), ...]}], positions in the original sequence.
+
+    It is `parallel_scan`'s recursion run on the positions themselves: the same slices of a
+    (length,) tensor of positions, so step 1 (the up-sweep) pairs `[0:2n:2]` with `[1::2]`, step
+    2 recurses on the odd slots, step 3 (the down-sweep) fills `[2::2]` from the odd slot before
+    each. A pair means: element dst <- element src ∘ element dst (`scan_combine`, src earlier).
+    Replaying the levels in order turns every element into its prefix, i.e. h_t; the pairs of
+    one level are independent (one parallel step). For the figure of notebook 07
+    (`tutorial.viz.ssm.plot_scan_tree`)."""
+    def recurse(pos: Tensor, depth: int) -> list[dict]:  # pos (L',): where this level's elements sit
+        length = pos.shape[-1]
+        if length == 1:
+            return []
+        n, m = length // 2, (length - 1) // 2  # pairs, even positions 2, 4, ... < L' (as in `parallel_scan`)
+        up = list(zip(pos[0:2 * n:2].tolist(), pos[1::2].tolist()))  # 1) combine neighbours into the odd slot
+        inner = recurse(pos[1::2], depth + 1)  # 2) scan the pairs: h at the odd slots
+        down = list(zip(pos[1::2][:m].tolist(), pos[2::2].tolist()))  # 3) h_{2i} from h_{2i-1}
+        return ([{"phase": "up", "depth": depth, "pairs": up}] + inner
+                + ([{"phase": "down", "depth": depth, "pairs": down}] if down else []))
+
+    return recurse(torch.arange(length), 0)
 
 
 class ParallelScan(torch.autograd.Function):

@@ -63,6 +63,18 @@ def cross_merge(ys: Tensor, height: int, width: int) -> Tensor:
     return cross_unscan(ys, height, width).sum(1)  # (B, C, H, W)
 
 
+
+def scan_positions(height: int, width: int) -> Tensor:
+    """Where each pixel comes in each of the four scan orders -> (4, H, W) integer positions in
+    `DIRECTIONS` order, read off `cross_scan` of an index map (so it is whatever `cross_scan` does).
+    For the figures of notebook 07 (`tutorial/viz/ss2d.py`)."""
+    index = torch.arange(height * width, dtype=torch.float32).view(1, 1, height, width)  # (1, 1, H, W) pixel ids
+    order = cross_scan(index)[0, :, 0].long()  # (4, L): the pixel id visited at each position
+    pos = torch.empty_like(order)  # (4, L)
+    pos.scatter_(1, order, torch.arange(height * width).expand(4, -1))  # (4, L): position of each pixel id
+    return pos.view(4, height, width)  # (4, H, W)
+
+
 @dataclass
 class SS2DConfig:
     d_model: int = 96  # C
