@@ -7,8 +7,9 @@ import torch
 from torchvision.ops import sigmoid_focal_loss
 
 import tutorial
-from tutorial.models.deformable_detr import focal_class_loss, focal_matching_cost
-from tutorial.models.deformable_transformer import encoder_reference_points, inverse_sigmoid, valid_ratios
+from tutorial.matching.focal import focal_class_loss, focal_matching_cost
+from tutorial.models.deformable_transformer import encoder_reference_points, valid_ratios
+from tutorial.models.heads import inverse_sigmoid
 
 from .tiny import padded_batch, small_model
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from tutorial import figure_metrics as fm
-from tutorial.models.deformable_transformer import inverse_sigmoid
+from tutorial.models.heads import inverse_sigmoid
 from tutorial.data.dataset import DetectionDataset
 from tutorial.inspect import QueryRunner, select_head
 

@@ -16,7 +16,7 @@ from tutorial.training.checkpoint import load_model
 from tutorial.exercises import BY_NAME
 from tutorial.models.presnet import PResNet, PResNetConfig
 from tutorial.models.query_selection import select_top_k, token_locations
-from tutorial.models.rt_detr import varifocal_loss, vfl_class_loss
+from tutorial.matching.varifocal import varifocal_loss, vfl_class_loss
 from tutorial.training.train import TrainConfig, train
 
 from .tiny import padded_batch, small_model
@@ -162,7 +162,7 @@ def test_tiny_trains_a_step():
     out = model(images, mask, targets=targets, return_intermediates=True)
     assert out["pred_logits"].shape == (2, 6, 6) and len(out["aux_outputs"]) == 2
     p, m = out["dn_groups"]
-    assert (p, m) == (2, 4) and torch.equal(out["dn_attention_mask"], tutorial.models.dino.dn_attention_mask(p, m, 6))
+    assert (p, m) == (2, 4) and torch.equal(out["dn_attention_mask"], tutorial.models.dn_detr.dn_attention_mask(p, m, 6))
     assert out["aifi_attention"][0].shape[-1] == 12  # S5 of a 96 x 112 batch: 3 x 4 tokens
     losses = model.build_criterion()(out, targets)
     for name in ("loss_vfl", "loss_vfl_dn", "loss_bbox_dn_1", "loss_vfl_interm", "loss_giou_interm"):

@@ -81,7 +81,7 @@ EXERCISES = [
     Exercise("models.query_selection", "select_top_k", (checks.check_select_top_k,),
              "rank tokens by scores.max(-1).values with torch.topk (sorted); gather every output's rows with the "
              "same indices"),
-    Exercise("models.rt_detr", "varifocal_loss", (checks.check_varifocal_loss,),
+    Exercise("matching.varifocal", "varifocal_loss", (checks.check_varifocal_loss,),
              "both cases are a BCE towards q (q = 0 off the positives), weighted by q at positives and by "
              "α·p^γ elsewhere, with p detached in the weight; summed"),
 ]

@@ -20,8 +20,9 @@ positions DETR-style. Each box is predicted relative to s, in logit space: b = Ï
 The paper reports 6.7x (R50, R101) to 10x (DC5) faster training than DETR for the same AP.
 
 Everything else is a step already taken: DETR's backbone, encoder layers and post-norm
-(`tutorial/models/transformer.py`); Deformable DETR's sigmoid focal loss, focal matching cost, prior-
-probability init and top-k post-processing (`tutorial/models/deformable_detr.py`), with 300 queries.
+(`tutorial/models/transformer.py`); Deformable DETR's sigmoid focal loss and focal matching cost
+(`tutorial/matching/focal.py`), prior-probability init and top-k post-processing
+(`tutorial/models/heads.py`), with 300 queries.
 Official code: Atten4Vis/ConditionalDETR, `models/transformer.py` and `models/conditional_detr.py`.
 
 Glossary (code -> paper): tgt = decoder embedding (content query c_q), query_pos = o_q (learned
@@ -43,12 +44,12 @@ from torch import Tensor, nn
 from ..ops.attention import PreProjectedAttention
 from .backbone import Backbone, BackboneConfig, tiny_backbone
 from ..matching.criterion import LossWeights
-from .deformable_detr import DeformableDETR
-from .deformable_transformer import inverse_sigmoid
+from ..matching.focal import FocalSetCriterion, focal_matcher
+from .heads import init_focal_head, inverse_sigmoid, topk_detections, zero_box_head
 from ..matching.matcher import MatcherWeights
 from ..ops.mlp import MLP
 from ..ops.position_encoding import SinePositionEncoding, anchor_position_encoding
-from .transformer import FFN, EncoderLayer, TransformerConfig
+from .transformer import FFN, EncoderLayer, TransformerConfig, tiny_transformer
 
 
 @dataclass
@@ -240,11 +241,8 @@ class ConditionalDETR(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
         self.build_queries()
-        self.class_embed = nn.Linear(c, cfg.num_classes)
-        self.bbox_embed = MLP(c, c, 4, 3)
-        nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))  # focal-loss prior p = 0.01
-        nn.init.zeros_(self.bbox_embed.layers[-1].weight)  # the first boxes sit on their references
-        nn.init.zeros_(self.bbox_embed.layers[-1].bias)
+        self.class_embed = init_focal_head(nn.Linear(c, cfg.num_classes))  # focal-loss prior p = 0.01
+        self.bbox_embed = zero_box_head(MLP(c, c, 4, 3))  # the first boxes sit on their references
 
     # --- the parts DAB-DETR replaces ------------------------------------------------------------
 
@@ -319,10 +317,14 @@ class ConditionalDETR(nn.Module):
         pos = rearrange(self.position_encoding(feature_mask), "b c h w -> b (h w) c")  # (B, N, C)
         return self.decoder.layers[layer].ca_kpos_proj(pos)  # (B, N, C)
 
-    # Deformable DETR's focal criterion and top-k post-processing, unchanged (they read
-    # cfg.matcher, cfg.loss, cfg.focal_alpha and cfg.num_detections).
-    build_criterion = DeformableDETR.build_criterion
-    postprocess = DeformableDETR.postprocess
+    # Deformable DETR's focal criterion and top-k post-processing, unchanged.
+    def build_criterion(self) -> FocalSetCriterion:
+        return FocalSetCriterion(focal_matcher(self.cfg.matcher, self.cfg.focal_alpha), self.cfg.loss,
+                                 self.cfg.focal_alpha)
+
+    def postprocess(self, outputs: dict, target_sizes: Tensor) -> list[dict]:
+        """The top `num_detections` (query, class) pairs by sigmoid score (`heads.topk_detections`)."""
+        return topk_detections(outputs, target_sizes, self.cfg.num_detections)
 
 
 # --- presets ----------------------------------------------------------------------------------
@@ -342,6 +344,5 @@ def conditional_detr_tiny() -> ConditionalDETRConfig:
         num_classes=6,
         num_queries=25,
         backbone=tiny_backbone("layer3"),
-        transformer=TransformerConfig(d_model=128, num_heads=8, num_encoder_layers=3, num_decoder_layers=3,
-                                      dim_feedforward=512, dropout=0.0),
+        transformer=tiny_transformer(),
     )

@@ -41,10 +41,10 @@ from .backbone import tiny_backbone
 from .conditional_detr import (ConditionalDecoder, ConditionalDETR, ConditionalDETRConfig, Decoded, Encoded,
                                Encoder)
 from ..matching.criterion import LossWeights
-from .deformable_transformer import inverse_sigmoid
+from .heads import inverse_sigmoid
 from ..ops.mlp import MLP
 from ..ops.position_encoding import anchor_position_encoding
-from .transformer import TransformerConfig
+from .transformer import TransformerConfig, tiny_transformer
 
 
 @dataclass
@@ -177,6 +177,5 @@ def dab_detr_tiny() -> DABDETRConfig:
         num_classes=6,
         num_queries=25,
         backbone=tiny_backbone("layer3"),
-        transformer=TransformerConfig(d_model=128, num_heads=8, num_encoder_layers=3, num_decoder_layers=3,
-                                      dim_feedforward=512, dropout=0.0),
+        transformer=tiny_transformer(),
     )

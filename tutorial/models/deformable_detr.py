@@ -7,31 +7,35 @@
     -> deformable decoder -> per layer: class logits (sigmoid, K classes, no ∅) and a box
        predicted *relative to the reference point* (in logit space).
 
-Training changes: sigmoid focal loss for the classes (torchvision's `sigmoid_focal_loss`, α=0.25,
-γ=2) and the matching cost built on it; class weight 2. Options: iterative bounding-box
-refinement and two-stage (App. A.4). Everything else (backbone, matcher, criterion, box losses,
-training loop) is DETR's. Official code: fundamentalvision/Deformable-DETR, `models/deformable_detr.py`.
+Training changes: sigmoid focal loss for the classes (α=0.25, γ=2) and the matching cost built on
+it; class weight 2 (`tutorial/matching/focal.py`). Options: iterative bounding-box refinement and
+two-stage (App. A.4). The pieces later models share live in their own files: the multi-scale front
+end (`tutorial/models/multiscale.py`), the deformable layers (`tutorial/models/deformable_transformer.py`),
+the sigmoid heads' init and top-k post-processing (`tutorial/models/heads.py`). Everything else
+(backbone, matcher, criterion, box losses, training loop) is DETR's.
+Official code: fundamentalvision/Deformable-DETR, `models/deformable_detr.py`.
 
 Glossary: B batch, Q queries, K classes, C width, L levels, N = Σ_l H_l·W_l, M heads, P points.
 """
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
-from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
-from .backbone import Backbone, BackboneConfig, feature_mask, tiny_backbone
-from ..matching.criterion import LossWeights, SetCriterion, matched_pairs, num_boxes_across_processes
+from .backbone import BackboneConfig, tiny_backbone
+from ..matching.criterion import LossWeights
+from ..matching.focal import FocalSetCriterion, focal_matcher
 from .deformable_transformer import (DeformableDecoder, DeformableEncoder, DeformableTransformerConfig,
-                                     encoder_proposals, inverse_sigmoid, proposal_position_encoding, valid_ratios)
-from ..matching.matcher import HungarianMatcher, MatcherWeights
+                                     encoder_proposals, proposal_position_encoding)
+from .heads import init_focal_head, inverse_sigmoid, topk_detections, zero_box_head
+from ..matching.matcher import MatcherWeights
 from ..ops.mlp import MLP
-from ..ops.position_encoding import SinePositionEncoding
+from .multiscale import MultiScaleProjection, flatten_levels, level_positions, multiscale_front_end  # noqa: F401
+# (MultiScaleProjection is imported from here by bench/encoder_cost.py)
+from .transformer import tiny_transformer
 
 
 @dataclass
@@ -50,84 +54,6 @@ class DeformableDETRConfig:
     num_detections: int = 100  # top-k (query, class) pairs kept by `postprocess`
 
 
-# --- what the focal loss changes in matching and in the loss -----------------------------------
-
-
-def focal_matching_cost(pred_logits: Tensor, pred_boxes: Tensor, tgt_labels: Tensor, tgt_boxes: Tensor,
-                        cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
-                        alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """Deformable DETR's L_match: the class term is the focal loss of calling the target's class
-    positive minus that of calling it negative. pred_logits (Q, K) -> cost (Q, n)."""
-    p = pred_logits.sigmoid()  # (Q, K)
-    neg = (1 - alpha) * p**gamma * -torch.log(1 - p + 1e-8)  # (Q, K)
-    pos = alpha * (1 - p) ** gamma * -torch.log(p + 1e-8)  # (Q, K)
-    class_cost = pos[:, tgt_labels] - neg[:, tgt_labels]  # (Q, n)
-    l1_cost = torch.cdist(pred_boxes, tgt_boxes, p=1)  # (Q, n)
-    giou = generalized_box_iou(box_convert(pred_boxes, "cxcywh", "xyxy"), box_convert(tgt_boxes, "cxcywh", "xyxy"))
-    return cost_class * class_cost + cost_bbox * l1_cost + cost_giou * (-giou)  # (Q, n)
-
-
-def focal_class_loss(pred_logits: Tensor, targets: list[dict], indices, num_boxes: float, alpha: float) -> Tensor:
-    """Σ over all B·Q·K (query, class) pairs of the sigmoid focal loss, / number of boxes."""
-    batch_idx, pred_idx = matched_pairs(indices)
-    onehot = torch.zeros_like(pred_logits)  # (B, Q, K): every pair negative ...
-    labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
-    onehot[batch_idx, pred_idx, labels] = 1.0  # ... except each matched query's target class
-    return sigmoid_focal_loss(pred_logits, onehot, alpha=alpha, gamma=2.0, reduction="sum") / num_boxes
-
-
-class FocalSetCriterion(SetCriterion):
-    """DETR's set criterion with the focal class loss, plus the two-stage encoder-proposal loss."""
-
-    def __init__(self, matcher: HungarianMatcher, weights: LossWeights, alpha: float):
-        super().__init__(matcher, weights)
-        self.alpha = alpha
-
-    def class_loss(self, pred_logits, targets, indices, num_boxes):
-        return focal_class_loss(pred_logits, targets, indices, num_boxes, self.alpha)
-
-    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
-        losses = super().forward(outputs, targets)
-        if "enc_outputs" in outputs:  # two-stage: proposals are trained class-agnostically
-            num_boxes = num_boxes_across_processes(targets, outputs["pred_logits"].device)
-            binary = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
-            terms = self.layer_loss(outputs["enc_outputs"], binary, num_boxes)
-            losses["loss"] = losses["loss"] + self.weighted_sum(terms)
-            losses.update({f"{k}_enc": v for k, v in terms.items()})
-        return losses
-
-
-# --- the model ---------------------------------------------------------------------------------
-
-
-class MultiScaleProjection(nn.Module):
-    """Backbone stages -> L maps of C channels: 1x1 conv + GroupNorm per stage, then 3x3 stride-2
-    conv + GroupNorm for each extra level (on the last stage, then on the previous extra level)."""
-
-    def __init__(self, in_channels: list[int], d_model: int, num_levels: int):
-        super().__init__()
-        layers = [nn.Sequential(nn.Conv2d(c, d_model, 1), nn.GroupNorm(32, d_model)) for c in in_channels]
-        c = in_channels[-1]
-        for _ in range(num_levels - len(in_channels)):
-            layers.append(nn.Sequential(nn.Conv2d(c, d_model, 3, stride=2, padding=1), nn.GroupNorm(32, d_model)))
-            c = d_model
-        self.layers = nn.ModuleList(layers)
-        for proj in self.layers:
-            nn.init.xavier_uniform_(proj[0].weight, gain=1)
-            nn.init.constant_(proj[0].bias, 0)
-
-    def forward(self, features: list[tuple[Tensor, Tensor]], image_mask: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """[(feature (B, C_l, H_l, W_l), mask (B, H_l, W_l))] and the image's mask (B, H, W) -> L pairs
-        with C channels. An extra level's mask is resized from the image's mask (official code), not
-        from the previous level's."""
-        out = [(proj(f), m) for proj, (f, m) in zip(self.layers, features)]
-        x = features[-1][0]
-        for proj in self.layers[len(features):]:
-            x = proj(x)  # (B, C, H/2, W/2)
-            out.append((x, feature_mask(image_mask, x.shape[-2:])))  # (B, C, H_l, W_l), (B, H_l, W_l)
-        return out
-
-
 class DeformableDETR(nn.Module):
     """`forward(images, mask)` returns DETR's output dict (sigmoid logits (B, Q, K)), plus
     "enc_outputs" when two-stage; with `return_intermediates=True` also "reference_points"
@@ -140,17 +66,13 @@ class DeformableDETR(nn.Module):
         self.cfg = cfg
         tc = cfg.transformer
         c = tc.d_model
-        self.backbone = Backbone(cfg.backbone)
-        self.input_proj = MultiScaleProjection(self.backbone.num_channels, c, tc.num_levels)
-        self.position_encoding = SinePositionEncoding(c // 2, offset=-0.5)
-        self.level_embed = nn.Parameter(torch.empty(tc.num_levels, c).normal_())
+        self.backbone, self.input_proj, self.position_encoding, self.level_embed = multiscale_front_end(
+            cfg.backbone, c, tc.num_levels, offset=-0.5)
+        nn.init.normal_(self.level_embed)
         self.encoder = DeformableEncoder(tc)
         self.decoder = DeformableDecoder(tc)
         num_pred = tc.num_decoder_layers + (1 if cfg.two_stage else 0)  # +1: the encoder's proposal head
-        class_embed, bbox_embed = nn.Linear(c, cfg.num_classes), MLP(c, c, 4, 3)
-        nn.init.constant_(class_embed.bias, -math.log((1 - 0.01) / 0.01))  # focal-loss prior: p = 0.01
-        nn.init.constant_(bbox_embed.layers[-1].weight, 0)
-        nn.init.constant_(bbox_embed.layers[-1].bias, 0)
+        class_embed, bbox_embed = init_focal_head(nn.Linear(c, cfg.num_classes)), zero_box_head(MLP(c, c, 4, 3))
         if cfg.with_box_refine:  # one head per decoder layer; the decoder uses them to refine
             self.class_embed = nn.ModuleList(copy.deepcopy(class_embed) for _ in range(num_pred))
             self.bbox_embed = nn.ModuleList(copy.deepcopy(bbox_embed) for _ in range(num_pred))
@@ -174,17 +96,11 @@ class DeformableDETR(nn.Module):
             nn.init.constant_(self.reference_points.bias, 0.0)
 
     def flatten_levels(self, levels: list[tuple[Tensor, Tensor]]):
-        """L maps -> tokens (B, N, C), positions + level embeddings (B, N, C), padding (B, N),
-        spatial shapes [(H_l, W_l)] and valid ratios (B, L, 2)."""
-        src, pos, pad, shapes, ratios = [], [], [], [], []
-        for lvl, (x, m) in enumerate(levels):
-            shapes.append(tuple(x.shape[-2:]))
-            src.append(rearrange(x, "b c h w -> b (h w) c"))  # (B, H_l·W_l, C)
-            p = rearrange(self.position_encoding(m), "b c h w -> b (h w) c")  # (B, H_l·W_l, C)
-            pos.append(p + self.level_embed[lvl])
-            pad.append(m.flatten(1))  # (B, H_l·W_l)
-            ratios.append(valid_ratios(m))  # (B, 2)
-        return torch.cat(src, 1), torch.cat(pos, 1), torch.cat(pad, 1), shapes, torch.stack(ratios, 1)
+        """L maps -> tokens (B, N, C), positions + level embeddings (B, N, C), padding (B, N), spatial
+        shapes [(H_l, W_l)] and valid ratios (B, L, 2): `multiscale.flatten_levels` and
+        `level_positions` in one call (kept as a method for `bench/encoder_cost.py`, which borrows it)."""
+        src, padding, shapes, ratios = flatten_levels(levels)  # the module's function, not this method
+        return src, level_positions(levels, self.position_encoding, self.level_embed), padding, shapes, ratios
 
     def queries(self, memory: Tensor, padding: Tensor, shapes, out: dict):
         """The decoder's (content tgt, position query_pos, reference points) for each image."""
@@ -209,7 +125,8 @@ class DeformableDETR(nn.Module):
 
     def forward(self, images: Tensor, mask: Tensor, return_intermediates: bool = False) -> dict:
         levels = self.input_proj(self.backbone(images, mask), mask)  # L x ((B, C, H_l, W_l), (B, H_l, W_l))
-        src, pos, padding, shapes, ratios = self.flatten_levels(levels)  # (B, N, C) ...
+        src, padding, shapes, ratios = flatten_levels(levels)  # (B, N, C), (B, N), [(H_l, W_l)], (B, L, 2)
+        pos = level_positions(levels, self.position_encoding, self.level_embed)  # (B, N, C)
         memory, enc_ref, enc_sampling = self.encoder(src, pos, shapes, ratios, padding, return_intermediates)
         out: dict = {}
         tgt, query_pos, reference = self.queries(memory, padding, shapes, out)
@@ -232,23 +149,13 @@ class DeformableDETR(nn.Module):
         return out
 
     def build_criterion(self) -> FocalSetCriterion:
-        cost = lambda *a: focal_matching_cost(*a, alpha=self.cfg.focal_alpha)  # noqa: E731
-        return FocalSetCriterion(HungarianMatcher(self.cfg.matcher, cost), self.cfg.loss, self.cfg.focal_alpha)
+        return FocalSetCriterion(focal_matcher(self.cfg.matcher, self.cfg.focal_alpha), self.cfg.loss,
+                                 self.cfg.focal_alpha)
 
-    @torch.no_grad()
     def postprocess(self, outputs: dict, target_sizes: Tensor) -> list[dict]:
-        """The top `num_detections` (query, class) pairs by sigmoid score (official `PostProcess`):
+        """The top `num_detections` (query, class) pairs by sigmoid score (`heads.topk_detections`):
         a query may report several classes. Boxes xyxy in pixels of `target_sizes` (B, 2) = (h, w)."""
-        logits = outputs["pred_logits"]  # (B, Q, K)
-        b, q, k = logits.shape
-        scores, index = logits.sigmoid().flatten(1).topk(min(self.cfg.num_detections, q * k), dim=1)  # (B, T)
-        query, labels = index // k, index % k  # (B, T)
-        boxes = box_convert(outputs["pred_boxes"], "cxcywh", "xyxy")  # (B, Q, 4)
-        boxes = torch.gather(boxes, 1, query[..., None].expand(-1, -1, 4))  # (B, T, 4)
-        h, w = target_sizes.unbind(1)
-        boxes = boxes * torch.stack([w, h, w, h], dim=1)[:, None, :].to(boxes)
-        return [{"scores": s, "labels": lb, "boxes": bx, "queries": qi}
-                for s, lb, bx, qi in zip(scores, labels, boxes, query)]
+        return topk_detections(outputs, target_sizes, self.cfg.num_detections)
 
 
 # --- presets ----------------------------------------------------------------------------------
@@ -276,7 +183,6 @@ def deformable_detr_tiny() -> DeformableDETRConfig:
         num_classes=6,
         num_queries=25,
         backbone=tiny_backbone("layer2", "layer3"),
-        transformer=DeformableTransformerConfig(d_model=128, num_heads=8, num_encoder_layers=3,
-                                                num_decoder_layers=3, dim_feedforward=512, dropout=0.0),
+        transformer=tiny_transformer(DeformableTransformerConfig),
         with_box_refine=True,
     )

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..ops.attention import MultiHeadAttention
 from ..ops.deformable_attention import MSDeformAttn
+from .heads import inverse_sigmoid
 from .transformer import FFN, with_pos
 
 
@@ -39,12 +40,6 @@ class DeformableTransformerConfig:
     num_levels: int = 4  # L
     enc_points: int = 4  # P in the encoder
     dec_points: int = 4  # P in the decoder
-
-
-def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """log(x / (1 - x)), clamped: boxes are refined in logit space and squashed back by a sigmoid."""
-    x = x.clamp(0, 1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
 def valid_ratios(mask: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ The detector, kept small and in the families' usual shape:
   centre; a location claimed by several objects takes the smallest; an object no location
   claims (smaller than a stride) takes the finest level's location nearest its centre;
 - losses: the varifocal loss on the class scores, target the IoU of the predicted box at the
-  object's class (IoU-aware scores, as PP-YOLOE; `varifocal_loss` from `tutorial/models/rt_detr.py`),
+  object's class (IoU-aware scores, as PP-YOLOE; `varifocal_loss` from `tutorial/matching/varifocal.py`),
   and the GIoU loss on the positives' boxes, each / the number of positives, weights 1 and 2.
 
 Glossary: B batch, N locations over all levels (Σ_l H_l·W_l), K classes, C width, n objects,
@@ -43,15 +43,16 @@ from einops import rearrange
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_convert, box_iou, generalized_box_iou_loss
 
+from ..matching.varifocal import varifocal_loss
+from .heads import init_focal_head
 from .hybrid_encoder import HybridEncoder, HybridEncoderConfig
-from .presnet import PResNet, PResNetConfig
-from .rt_detr import rtdetr_tiny, varifocal_loss
+from .presnet import PResNet, PResNetConfig, presnet_tiny
 
 
 @dataclass
 class DenseDetectorConfig:
     num_classes: int = 6  # K
-    backbone: PResNetConfig = field(default_factory=lambda: rtdetr_tiny().backbone)
+    backbone: PResNetConfig = field(default_factory=presnet_tiny)  # rtdetr_tiny's
     neck: HybridEncoderConfig = field(default_factory=lambda: HybridEncoderConfig(
         hidden_dim=128, num_encoder_layers=0, expansion=0.5, depth_mult=1 / 3))
     head_convs: int = 2  # 3x3 conv + GN + SiLU layers in each tower
@@ -92,7 +93,7 @@ class DenseDetector(nn.Module):
         self.scales = nn.Parameter(torch.ones(len(self.strides)))  # s_l
         for conv in (self.cls_pred, self.box_pred):
             nn.init.normal_(conv.weight, std=0.01)
-        nn.init.constant_(self.cls_pred.bias, -math.log((1 - 0.01) / 0.01))  # p = 0.01 at the start
+        init_focal_head(self.cls_pred)  # p = 0.01 at the start
         nn.init.zeros_(self.box_pred.bias)
 
     def forward(self, images: Tensor, mask: Tensor) -> dict:

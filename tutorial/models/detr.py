@@ -27,7 +27,7 @@ from ..matching.criterion import LossWeights, SetCriterion
 from ..matching.matcher import HungarianMatcher, MatcherWeights
 from ..ops.mlp import MLP
 from ..ops.position_encoding import build_position_encoding
-from .transformer import Transformer, TransformerConfig
+from .transformer import Transformer, TransformerConfig, tiny_transformer
 
 
 @dataclass
@@ -136,8 +136,7 @@ def detr_tiny() -> DETRConfig:
         num_classes=6,
         num_queries=25,
         backbone=tiny_backbone("layer3"),
-        transformer=TransformerConfig(d_model=128, num_heads=8, num_encoder_layers=3, num_decoder_layers=3,
-                                      dim_feedforward=512, dropout=0.0),
+        transformer=tiny_transformer(),
     )
 
 

@@ -1,7 +1,7 @@
 """DINO (Zhang et al., ICLR 2023): DETR with improved deNoising anchOr boxes.
 
-DINO is Deformable DETR (`tutorial/models/deformable_detr.py`: backbone, multi-scale projection,
-deformable encoder and decoder layers) whose queries are DAB-DETR's anchor boxes
+DINO is Deformable DETR (`tutorial/models/deformable_detr.py`: its multi-scale front end
+`tutorial/models/multiscale.py`, deformable encoder and decoder layers) whose queries are DAB-DETR's anchor boxes
 (`tutorial/models/dab_detr.py`), trained with DN-DETR's denoising (`tutorial/models/dn_detr.py`), plus three
 ideas, each small in code:
 
@@ -49,7 +49,6 @@ group, T = P·M + Q decoder queries. B batch, N tokens, L levels, C width, K cla
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import NamedTuple
@@ -59,17 +58,19 @@ from einops import repeat
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
-from .backbone import Backbone, BackboneConfig, tiny_backbone
+from .backbone import BackboneConfig, tiny_backbone
 from ..matching.criterion import LossWeights, box_losses, num_boxes_across_processes
+from ..matching.focal import focal_class_loss, focal_matcher
 from ..ops.deformable_attention import MSDeformAttn
-from .deformable_detr import (DeformableDETR, MultiScaleProjection, focal_class_loss, focal_matching_cost)
-from .deformable_transformer import (DeformableDecoderLayer, DeformableEncoder, DeformableTransformerConfig,
-                                     inverse_sigmoid)
-from .dn_detr import DNCriterion, DenoisingGroups, dn_attention_mask, make_denoising_groups, signed_uniform
-from ..matching.matcher import HungarianMatcher, MatcherWeights
+from .deformable_transformer import DeformableDecoderLayer, DeformableEncoder, DeformableTransformerConfig
+from .dn_detr import DNCriterion, DenoisingGroups, make_denoising_groups, prepend_denoising_queries, signed_uniform
+from .heads import init_focal_head, inverse_sigmoid, topk_detections, zero_box_head
+from ..matching.matcher import MatcherWeights
 from ..ops.mlp import MLP
-from ..ops.position_encoding import SinePositionEncoding, anchor_position_encoding
+from ..ops.position_encoding import anchor_position_encoding
+from .multiscale import flatten_levels, level_positions, multiscale_front_end
 from .query_selection import QuerySelection, Selection, token_locations
+from .transformer import tiny_transformer
 
 
 @dataclass
@@ -220,99 +221,38 @@ class DINOCriterion(DNCriterion):
 # --- the model ------------------------------------------------------------------------------------
 
 
-class DINO(nn.Module):
-    """`forward(images, mask, targets=None, return_intermediates=False, num_decoder_layers=None)`.
+class DINOBase(nn.Module):
+    """What DINO and RT-DETR (`tutorial/models/rt_detr.py`) share after their encoders: the decoder's
+    queries (denoising groups before the matching queries), the decoder, the heads, the output dict
+    (`decode`) and the top-k post-processing, no NMS (`postprocess`).
 
-    Returns "pred_logits" (B, Q, K) (sigmoid), "pred_boxes" (B, Q, 4) cxcywh in [0, 1],
-    "aux_outputs" (the earlier layers) and "interm_outputs" (the Q selected encoder tokens' logits
-    and boxes); in training mode with targets also "dn_outputs" {"pred_logits" (L_dec, B, P·M, K),
-    "pred_boxes", "target_index" (B, P·M): the positives' objects, -1 elsewhere}. With
-    `return_intermediates=True` also "selected_indices" (B, Q), "selected_levels" (B, Q) and
-    "selected_cells" (B, Q, 2) (y, x) of the tokens query selection picked, "encoder_logits"
-    (B, N, K), "spatial_shapes", "level_masks", "reference_points" [(B, Q, 4)] per layer,
-    "layer_boxes" (L_dec, B, Q, 4), "encoder_sampling", "decoder_sampling", and with denoising
-    "dn_anchors" (B, P·M, 4), "dn_labels", "dn_negative" (B, P·M) bool, "dn_target_index",
-    "dn_target_boxes", "dn_attention_mask" (T, T) and "dn_groups" (P, M).
-    `num_decoder_layers` runs only the first layers; the outputs then come from the last one run."""
+    A subclass builds `cfg` (num_queries, num_classes, aux_loss, dn_number, dn_label_noise,
+    dn_box_noise_scale, num_detections), `decoder` (a `DINODecoder`), `bbox_embed` (the box head of
+    each decoder layer) and `label_embed` (nn.Embedding(K + 1, C), the denoising content), and
+    provides the two hooks in which the models differ:
+      matching_queries(selection, batch_size) -> (content (B, Q, C), anchors (B, Q, 4) logit space)
+      predict_logits(hs (L_dec, B, T, C)) -> class logits (L_dec, B, T, K)
+    Its `forward` runs its own encoder and query selection, then `decode`."""
 
     uses_targets = True  # the training loop passes `targets=` to forward (denoising)
 
-    def __init__(self, cfg: DINOConfig):
-        super().__init__()
-        self.cfg = cfg
-        tc = cfg.transformer
-        c = tc.d_model
-        self.backbone = Backbone(cfg.backbone)
-        self.input_proj = MultiScaleProjection(self.backbone.num_channels, c, tc.num_levels)
-        self.position_encoding = SinePositionEncoding(c // 2, cfg.position_temperature)
-        self.level_embed = nn.Parameter(torch.empty(tc.num_levels, c))
-        self.encoder = DeformableEncoder(tc)
-        self.decoder = DINODecoder(tc)
-        self.tgt_embed = nn.Embedding(cfg.num_queries, c)  # the learned content queries
-        for p in chain(self.encoder.parameters(), self.decoder.parameters(), self.tgt_embed.parameters()):
-            if p.dim() > 1:  # official DeformableTransformer._reset_parameters
-                nn.init.xavier_uniform_(p)
-        for m in self.modules():
-            if isinstance(m, MSDeformAttn):
-                m.reset_parameters()
-        nn.init.normal_(self.level_embed)
-        self.selection = QuerySelection(c, cfg.num_classes)  # anchors from the top-Q encoder tokens
-        self.label_embed = nn.Embedding(cfg.num_classes + 1, c)  # denoising content (official label_enc)
-        self.class_embed = nn.Linear(c, cfg.num_classes)  # shared by all decoder layers
-        bbox_embed = MLP(c, c, 4, 3)
-        nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
-        nn.init.zeros_(bbox_embed.layers[-1].weight)
-        nn.init.zeros_(bbox_embed.layers[-1].bias)
-        self.bbox_embed = nn.ModuleList([bbox_embed] * tc.num_decoder_layers)  # one head, shared
-
-    flatten_levels = DeformableDETR.flatten_levels  # L maps -> tokens, positions + level embeddings, ...
-
     def denoising_groups(self, targets: list[dict] | None) -> DenoisingGroups | None:
+        """Contrastive denoising groups of `targets` in training mode, else None."""
         if not (self.training and targets is not None and self.cfg.dn_number > 0):
             return None
         groups = contrastive_groups(targets, self.cfg.dn_number, self.cfg.dn_label_noise, self.cfg.dn_box_noise_scale,
                                     self.cfg.num_classes)
         return groups if groups.group_size > 0 else None  # no object in the batch: nothing to denoise
 
-    def matching_queries(self, selection: Selection, batch_size: int) -> tuple[Tensor, Tensor]:
-        """Mixed query selection: (content (B, Q, C) learned, anchors (B, Q, 4) logit space: the
-        selected tokens' boxes, detached)."""
-        return repeat(self.tgt_embed.weight, "q c -> b q c", b=batch_size), selection.boxes.detach()
-
-    def denoising_queries(self, groups: DenoisingGroups) -> tuple[Tensor, Tensor]:
-        """(content (B, P·M, C): the noised labels' embeddings, anchors (B, P·M, 4) logit space);
-        padding slots have zero content and the anchor σ(0) = 0.5 (as officially)."""
-        valid = groups.valid[..., None]  # (B, P·M, 1)
-        return self.label_embed(groups.labels) * valid, inverse_sigmoid(groups.boxes) * valid
-
-    def predict_logits(self, hs: Tensor) -> Tensor:
-        """hs (L_dec, B, T, C) -> logits (L_dec, B, T, K) with the shared class head."""
-        return self.class_embed(hs)
-
-    def forward(self, images: Tensor, mask: Tensor, targets: list[dict] | None = None,
-                return_intermediates: bool = False, num_decoder_layers: int | None = None) -> dict:
-        levels = self.input_proj(self.backbone(images, mask), mask)  # L x ((B, C, H_l, W_l), (B, H_l, W_l))
-        src, pos, padding, shapes, ratios = self.flatten_levels(levels)  # (B, N, C) ...
-        memory, _, enc_sampling = self.encoder(src, pos, shapes, ratios, padding, return_intermediates)  # (B, N, C)
-        selection = self.selection(memory, padding, shapes, self.cfg.num_queries)  # the top-Q tokens
-        out = self.decode(selection, memory, shapes, ratios, padding, images.shape[0], targets,
-                          return_intermediates, num_decoder_layers)
-        if return_intermediates:
-            out.update(spatial_shapes=shapes, level_masks=[m for _, m in levels], encoder_sampling=enc_sampling)
-        return out
-
     def decode(self, selection: Selection, memory: Tensor, shapes, ratios: Tensor, padding: Tensor, batch_size: int,
                targets: list[dict] | None, return_intermediates: bool, num_decoder_layers: int | None) -> dict:
-        """Queries (denoising + matching), the decoder, the heads and the output dict (shared with
-        RT-DETR, `tutorial/models/rt_detr.py`)."""
+        """Queries (denoising + matching), the decoder, the heads and the output dict (`DINO`'s docstring)."""
         tgt, anchors = self.matching_queries(selection, batch_size)  # (B, Q, C), (B, Q, 4)
         groups = self.denoising_groups(targets)
         n_dn, attn_mask = 0, None
-        if groups is not None:
-            dn_tgt, dn_anchors = self.denoising_queries(groups)  # (B, P·M, C), (B, P·M, 4)
-            n_dn = dn_tgt.shape[1]
-            tgt, anchors = torch.cat([dn_tgt, tgt], 1), torch.cat([dn_anchors, anchors], 1)  # T = P·M + Q queries
-            attn_mask = dn_attention_mask(groups.num_groups, groups.group_size, self.cfg.num_queries).to(memory.device)
+        if groups is not None:  # T = P·M + Q queries
+            tgt, anchors, attn_mask, n_dn = prepend_denoising_queries(groups, self.label_embed(groups.labels), tgt,
+                                                                      anchors)
         dec = self.decoder(tgt, anchors, memory, shapes, ratios, padding, self.bbox_embed, attn_mask,
                            num_decoder_layers, return_sampling=return_intermediates)
         logits, boxes = self.predict_logits(dec.hs), dec.boxes  # (L_dec, B, T, K), (L_dec, B, T, 4)
@@ -336,11 +276,73 @@ class DINO(nn.Module):
                            dn_attention_mask=attn_mask, dn_groups=(groups.num_groups, groups.group_size))
         return out
 
-    def build_criterion(self) -> DINOCriterion:
-        cost = lambda *a: focal_matching_cost(*a, alpha=self.cfg.focal_alpha)  # noqa: E731
-        return DINOCriterion(HungarianMatcher(self.cfg.matcher, cost), self.cfg.loss, self.cfg.focal_alpha)
+    def postprocess(self, outputs: dict, target_sizes: Tensor) -> list[dict]:
+        """The top `num_detections` (query, class) pairs by sigmoid score, no NMS (`heads.topk_detections`)."""
+        return topk_detections(outputs, target_sizes, self.cfg.num_detections)
 
-    postprocess = DeformableDETR.postprocess  # top `num_detections` (query, class) pairs, no NMS
+
+class DINO(DINOBase):
+    """`forward(images, mask, targets=None, return_intermediates=False, num_decoder_layers=None)`.
+
+    Returns "pred_logits" (B, Q, K) (sigmoid), "pred_boxes" (B, Q, 4) cxcywh in [0, 1],
+    "aux_outputs" (the earlier layers) and "interm_outputs" (the Q selected encoder tokens' logits
+    and boxes); in training mode with targets also "dn_outputs" {"pred_logits" (L_dec, B, P·M, K),
+    "pred_boxes", "target_index" (B, P·M): the positives' objects, -1 elsewhere}. With
+    `return_intermediates=True` also "selected_indices" (B, Q), "selected_levels" (B, Q) and
+    "selected_cells" (B, Q, 2) (y, x) of the tokens query selection picked, "encoder_logits"
+    (B, N, K), "spatial_shapes", "level_masks", "reference_points" [(B, Q, 4)] per layer,
+    "layer_boxes" (L_dec, B, Q, 4), "encoder_sampling", "decoder_sampling", and with denoising
+    "dn_anchors" (B, P·M, 4), "dn_labels", "dn_negative" (B, P·M) bool, "dn_target_index",
+    "dn_target_boxes", "dn_attention_mask" (T, T) and "dn_groups" (P, M).
+    `num_decoder_layers` runs only the first layers; the outputs then come from the last one run."""
+
+    def __init__(self, cfg: DINOConfig):
+        super().__init__()
+        self.cfg = cfg
+        tc = cfg.transformer
+        c = tc.d_model
+        self.backbone, self.input_proj, self.position_encoding, self.level_embed = multiscale_front_end(
+            cfg.backbone, c, tc.num_levels, cfg.position_temperature)
+        self.encoder = DeformableEncoder(tc)
+        self.decoder = DINODecoder(tc)
+        self.tgt_embed = nn.Embedding(cfg.num_queries, c)  # the learned content queries
+        for p in chain(self.encoder.parameters(), self.decoder.parameters(), self.tgt_embed.parameters()):
+            if p.dim() > 1:  # official DeformableTransformer._reset_parameters
+                nn.init.xavier_uniform_(p)
+        for m in self.modules():
+            if isinstance(m, MSDeformAttn):
+                m.reset_parameters()
+        nn.init.normal_(self.level_embed)
+        self.selection = QuerySelection(c, cfg.num_classes)  # anchors from the top-Q encoder tokens
+        self.label_embed = nn.Embedding(cfg.num_classes + 1, c)  # denoising content (official label_enc)
+        self.class_embed = init_focal_head(nn.Linear(c, cfg.num_classes))  # shared by all decoder layers
+        self.bbox_embed = nn.ModuleList([zero_box_head(MLP(c, c, 4, 3))] * tc.num_decoder_layers)  # one head, shared
+
+    def matching_queries(self, selection: Selection, batch_size: int) -> tuple[Tensor, Tensor]:
+        """Mixed query selection: (content (B, Q, C) learned, anchors (B, Q, 4) logit space: the
+        selected tokens' boxes, detached)."""
+        return repeat(self.tgt_embed.weight, "q c -> b q c", b=batch_size), selection.boxes.detach()
+
+    def predict_logits(self, hs: Tensor) -> Tensor:
+        """hs (L_dec, B, T, C) -> logits (L_dec, B, T, K) with the shared class head."""
+        return self.class_embed(hs)
+
+    def forward(self, images: Tensor, mask: Tensor, targets: list[dict] | None = None,
+                return_intermediates: bool = False, num_decoder_layers: int | None = None) -> dict:
+        levels = self.input_proj(self.backbone(images, mask), mask)  # L x ((B, C, H_l, W_l), (B, H_l, W_l))
+        src, padding, shapes, ratios = flatten_levels(levels)  # (B, N, C), (B, N), [(H_l, W_l)], (B, L, 2)
+        pos = level_positions(levels, self.position_encoding, self.level_embed)  # (B, N, C)
+        memory, _, enc_sampling = self.encoder(src, pos, shapes, ratios, padding, return_intermediates)  # (B, N, C)
+        selection = self.selection(memory, padding, shapes, self.cfg.num_queries)  # the top-Q tokens
+        out = self.decode(selection, memory, shapes, ratios, padding, images.shape[0], targets,
+                          return_intermediates, num_decoder_layers)
+        if return_intermediates:
+            out.update(spatial_shapes=shapes, level_masks=[m for _, m in levels], encoder_sampling=enc_sampling)
+        return out
+
+    def build_criterion(self) -> DINOCriterion:
+        return DINOCriterion(focal_matcher(self.cfg.matcher, self.cfg.focal_alpha), self.cfg.loss,
+                             self.cfg.focal_alpha)
 
 
 # --- presets ----------------------------------------------------------------------------------
@@ -360,7 +362,6 @@ def dino_tiny() -> DINOConfig:
         num_classes=6,
         num_queries=25,
         backbone=tiny_backbone("layer2", "layer3"),
-        transformer=DeformableTransformerConfig(d_model=128, num_heads=8, num_encoder_layers=3,
-                                                num_decoder_layers=3, dim_feedforward=512, dropout=0.0),
+        transformer=tiny_transformer(DeformableTransformerConfig),
         dn_number=25,
     )

@@ -41,10 +41,9 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 from ..matching.criterion import box_losses, matched_pairs
+from ..matching.focal import FocalSetCriterion, focal_matcher
 from .dab_detr import DABDETR, DABDETRConfig, dab_detr_tiny
-from .deformable_detr import FocalSetCriterion, focal_matching_cost
-from .deformable_transformer import inverse_sigmoid
-from ..matching.matcher import HungarianMatcher
+from .heads import inverse_sigmoid
 
 
 @dataclass
@@ -167,6 +166,19 @@ def make_denoising_groups(targets: list[dict], num_groups: int, label_noise: flo
                            s * n_max, negative.flatten(1))
 
 
+def prepend_denoising_queries(groups: DenoisingGroups, dn_content: Tensor, tgt: Tensor,
+                              anchors: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Put the denoising queries before the Q matching ones (DN-DETR; DINO and RT-DETR alike).
+    dn_content (B, P·M, C) the noised labels' content, tgt (B, Q, C), anchors (B, Q, 4) logit space
+    -> (content (B, T, C), anchors (B, T, 4), the attention mask a_ij (T, T), P·M), T = P·M + Q.
+    The denoising anchors are σ⁻¹ of the noised boxes; padding slots get zero content and anchor 0
+    (the box σ(0) = 0.5), as officially."""
+    valid = groups.valid[..., None]  # (B, P·M, 1)
+    dn_tgt, dn_anchors = dn_content * valid, inverse_sigmoid(groups.boxes) * valid  # (B, P·M, C), (B, P·M, 4)
+    attn_mask = dn_attention_mask(groups.num_groups, groups.group_size, tgt.shape[1]).to(tgt.device)  # (T, T)
+    return torch.cat([dn_tgt, tgt], 1), torch.cat([dn_anchors, anchors], 1), attn_mask, dn_tgt.shape[1]
+
+
 # --- the loss -------------------------------------------------------------------------------------
 
 
@@ -259,13 +271,9 @@ class DNDETR(DABDETR):
         if groups is None or groups.group_size == 0:  # inference, or no object in the batch
             dec = self.run_decoder(tgt, anchors, enc, None, return_intermediates)
             return self.outputs(self.predict(dec), dec, enc, return_intermediates=return_intermediates)
-        valid = groups.valid[..., None]  # (B, P·M, 1)
-        dn_tgt = self.content(groups.labels, 1.0) * valid  # (B, P·M, C): zeros on padding
-        dn_anchors = inverse_sigmoid(groups.boxes) * valid  # (B, P·M, 4): 0 (box 0.5) on padding
-        n = dn_tgt.shape[1]  # P·M
-        attn_mask = dn_attention_mask(groups.num_groups, groups.group_size, self.cfg.num_queries).to(images.device)
-        dec = self.run_decoder(torch.cat([dn_tgt, tgt], 1), torch.cat([dn_anchors, anchors], 1), enc, attn_mask,
-                               return_intermediates)  # T = P·M + Q queries
+        tgt, anchors, attn_mask, n = prepend_denoising_queries(groups, self.content(groups.labels, 1.0), tgt,
+                                                               anchors)  # T = P·M + Q queries, n = P·M
+        dec = self.run_decoder(tgt, anchors, enc, attn_mask, return_intermediates)
         logits, boxes = self.predict(dec)  # (L_dec, B, T, K), (L_dec, B, T, 4)
         out = self.outputs((logits, boxes), dec, enc, keep=slice(n, None), return_intermediates=return_intermediates)
         out["dn_outputs"] = {"pred_logits": logits[:, :, :n], "pred_boxes": boxes[:, :, :n],
@@ -277,8 +285,7 @@ class DNDETR(DABDETR):
         return out
 
     def build_criterion(self) -> DNCriterion:
-        cost = lambda *a: focal_matching_cost(*a, alpha=self.cfg.focal_alpha)  # noqa: E731
-        return DNCriterion(HungarianMatcher(self.cfg.matcher, cost), self.cfg.loss, self.cfg.focal_alpha)
+        return DNCriterion(focal_matcher(self.cfg.matcher, self.cfg.focal_alpha), self.cfg.loss, self.cfg.focal_alpha)
 
 
 # --- presets ----------------------------------------------------------------------------------

@@ -53,6 +53,14 @@ class PResNetConfig:
             raise ValueError(f"PResNetConfig.depth: expected one of {tuple(BLOCKS_PER_STAGE)}, got {self.depth}")
 
 
+def presnet_tiny() -> PResNetConfig:
+    """The tiny presets' PResNet (rtdetr_tiny, dense_tiny): a narrow ResNet18-vd (base width 32, one
+    block per stage, trainable BN, nothing frozen; strides 8, 16, 32 with 64, 128, 256 channels),
+    starting from the shipped pretraining (`tutorial/training/pretrain.py`)."""
+    return PResNetConfig(depth=18, depths=(1, 1, 1, 1), width=32, freeze_at=-1, freeze_norm=False,
+                         weights="pretrained:presnet_tiny")
+
+
 class ConvNormLayer(nn.Module):
     """Conv (no bias, 'same' padding) -> batch norm -> activation (none by default): the official
     `ConvNormLayer`, used by the backbone and the hybrid encoder."""

@@ -24,13 +24,13 @@ L levels; (y, x) a token's cell in its own level's grid.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from .deformable_transformer import encoder_proposals
+from .heads import init_focal_head, zero_box_head
 from ..ops.mlp import MLP
 
 
@@ -84,9 +84,8 @@ class QuerySelection(nn.Module):
         self.class_head = nn.Linear(d_model, num_classes)
         self.box_head = MLP(d_model, d_model, 4, 3)
         nn.init.xavier_uniform_(self.enc_output.weight)
-        nn.init.constant_(self.class_head.bias, -math.log((1 - 0.01) / 0.01))
-        nn.init.zeros_(self.box_head.layers[-1].weight)
-        nn.init.zeros_(self.box_head.layers[-1].bias)
+        init_focal_head(self.class_head)
+        zero_box_head(self.box_head)
 
     def forward(self, memory: Tensor, padding_mask: Tensor, spatial_shapes: list[tuple[int, int]],
                 k: int) -> Selection:

@@ -14,7 +14,7 @@ RT-DETR keeps DINO's decoder (`tutorial/models/dino.py`) and makes the rest fast
    become the queries (`tutorial/models/query_selection.py`; here their boxes and features, detached).
    Trained with the plain focal loss, a token's class score says "there is an object here", not
    "my box fits it", so the top-K can have confident scores and poor boxes. RT-DETR trains the
-   scores with the varifocal loss (`varifocal_loss`, Zhang et al., VarifocalNet, CVPR 2021), whose
+   scores with the varifocal loss (`tutorial/matching/varifocal.py`, VarifocalNet, CVPR 2021), whose
    target for the matched class is the IoU of the predicted box with its ground truth:
        L(ŷ, y) = L_box(b̂, b) + L_cls(ĉ, b̂, y, b),   L_cls uses the IoU as the soft label,
    so that selecting by score also selects by localisation quality (the paper plots the selected
@@ -27,7 +27,8 @@ RT-DETR keeps DINO's decoder (`tutorial/models/dino.py`) and makes the rest fast
 What it keeps from DINO, in code: the decoder layers and look-forward-twice refinement
 (`DINODecoder`), contrastive denoising (`contrastive_groups`, with box noise scale λ = 1.0 and
 a budget of 100 positive queries), mixed/IoU-aware top-K selection, Hungarian matching with the
-focal cost (2, 5, 2), top-300 post-processing over (query, class) pairs, no NMS.
+focal cost (2, 5, 2), top-300 post-processing over (query, class) pairs, no NMS: `RTDETR` is a
+`DINOBase` (query assembly, decoding, output dict, post-processing) that fills its two hooks.
 What differs from DINO besides the encoder: the positional query is MLP(4, 2C, C, 2) of the raw
 box (`query_pos_head`, no sine encoding, no final decoder norm); one class head and one box head
 per decoder layer; the decoder has its own input projection (1x1 conv + BN per level) on the
@@ -49,24 +50,24 @@ p = σ(logit) a predicted score, q the IoU-aware target score, α, γ the focal/
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
-from torchvision.ops import box_convert, box_iou
 
-from ..matching.criterion import LossWeights, box_losses, matched_pairs
-from .deformable_detr import focal_matching_cost
-from .deformable_transformer import DeformableTransformerConfig, valid_ratios
-from .dino import DINO, DINOCriterion, DINODecoder
-from .hybrid_encoder import HybridEncoder, HybridEncoderConfig
+from ..matching.criterion import LossWeights, box_losses
+from ..matching.focal import focal_matcher
 from ..matching.matcher import HungarianMatcher, MatcherWeights
+from ..matching.varifocal import vfl_class_loss
+from .deformable_transformer import DeformableTransformerConfig
+from .dino import DINOBase, DINOCriterion, DINODecoder
+from .heads import init_focal_head, zero_box_head
+from .hybrid_encoder import HybridEncoder, HybridEncoderConfig
 from ..ops.mlp import MLP
-from .presnet import PResNet, PResNetConfig
+from .multiscale import flatten_levels
+from .presnet import PResNet, PResNetConfig, presnet_tiny
 from .query_selection import QuerySelection
+from .transformer import tiny_transformer
 
 
 @dataclass
@@ -107,48 +108,7 @@ class RTDETRConfig:
                              f"decoder.num_levels is {self.decoder.num_levels}")
 
 
-# --- IoU-aware classification: the varifocal loss ---------------------------------------------------
-
-
-def varifocal_loss(logits: Tensor, quality: Tensor, positive: Tensor, alpha: float = 0.75,
-                   gamma: float = 2.0) -> Tensor:
-    """The varifocal loss (VarifocalNet, Zhang et al., CVPR 2021, Eq. 2), summed.  [exercise]
-
-    logits (...) class logits, p = σ(logit); quality q (...) in [0, 1] the target score: the IoU
-    of the predicted box with its ground truth at the matched (query, class) pairs, 0 elsewhere;
-    positive (...) bool, True at the matched pairs -> scalar Σ over all elements of
-
-        VFL(p, q) = -q · (q log p + (1 - q) log(1 - p))   at positives: BCE towards q, weighted by q,
-        VFL(p, q) = -α · p^γ · log(1 - p)                  elsewhere: BCE towards 0, focal-weighted.
-
-    The weights q and α·p^γ are constants (no gradient through them, p detached), as officially
-    (`loss_labels_vfl`: weight = α p^γ (1 - onehot) + q). A positive with q = 0 (a matched box that
-    does not overlap its object) then costs nothing; the paper writes the cases as q > 0 / q = 0.
-    """
-    p = logits.sigmoid().detach()
-    weight = torch.where(positive, quality, alpha * p**gamma)  # (...)
-    return F.binary_cross_entropy_with_logits(logits, quality, weight=weight, reduction="sum")
-
-
-def matched_iou(pred_boxes: Tensor, targets: list[dict], indices) -> Tensor:
-    """IoU of each matched (prediction, target) pair -> (n,) in `matched_pairs` order (detached)."""
-    batch_idx, pred_idx = matched_pairs(indices)
-    src = box_convert(pred_boxes[batch_idx, pred_idx], "cxcywh", "xyxy")  # (n, 4)
-    tgt = box_convert(torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]), "cxcywh", "xyxy")  # (n, 4)
-    return box_iou(src, tgt).diagonal().detach() if len(src) else src.new_zeros(0)  # (n,)
-
-
-def vfl_class_loss(pred_logits: Tensor, pred_boxes: Tensor, targets: list[dict], indices, num_boxes: float,
-                   alpha: float, gamma: float) -> Tensor:
-    """The varifocal loss over every (query, class) pair of (B, Q, K) logits, the matched pairs'
-    target being their IoU, / num_boxes (official `loss_labels_vfl`)."""
-    batch_idx, pred_idx = matched_pairs(indices)
-    labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])  # (n,)
-    quality = torch.zeros_like(pred_logits)  # (B, Q, K): 0 everywhere ...
-    positive = torch.zeros_like(pred_logits, dtype=torch.bool)
-    quality[batch_idx, pred_idx, labels] = matched_iou(pred_boxes, targets, indices).to(quality)  # ... but the IoU
-    positive[batch_idx, pred_idx, labels] = True
-    return varifocal_loss(pred_logits, quality, positive, alpha, gamma) / num_boxes
+# --- the criterion: DINO's, with the varifocal loss (`tutorial/matching/varifocal.py`) ------------
 
 
 class RTDETRCriterion(DINOCriterion):
@@ -200,7 +160,7 @@ class RTDETRDecoder(DINODecoder):
         return self.query_pos_head(reference)  # (B, T, 4) -> (B, T, C)
 
 
-class RTDETR(nn.Module):
+class RTDETR(DINOBase):
     """`forward(images, mask, targets=None, return_intermediates=False, num_decoder_layers=None)`.
 
     Returns DINO's outputs ("pred_logits" (B, Q, K), "pred_boxes", "aux_outputs", "interm_outputs"
@@ -212,8 +172,6 @@ class RTDETR(nn.Module):
     "dn_*" entries), plus "spatial_shapes", "level_masks", "encoder_maps" [(B, C, H_l, W_l)] (the
     hybrid encoder's outputs), "aifi_attention" [(B, M, N_5, N_5)] (AIFI's attention on S5) and
     "encoder_mixer" (the S5 mixer's info dict: AIFI's {"attention"}, or another mixer's own)."""
-
-    uses_targets = True  # the training loop passes `targets=` to forward (denoising)
 
     def __init__(self, cfg: RTDETRConfig):
         super().__init__()
@@ -227,22 +185,13 @@ class RTDETR(nn.Module):
         self.decoder = RTDETRDecoder(dc)
         self.selection = QuerySelection(c, cfg.num_classes)  # anchors and content from the top-Q tokens
         self.label_embed = nn.Embedding(cfg.num_classes + 1, c, padding_idx=cfg.num_classes)  # denoising content
-        prior = -math.log((1 - 0.01) / 0.01)
-        self.class_embed = nn.ModuleList(nn.Linear(c, cfg.num_classes) for _ in range(dc.num_decoder_layers))
-        self.bbox_embed = nn.ModuleList(MLP(c, c, 4, 3) for _ in range(dc.num_decoder_layers))
-        for cls, box in zip(self.class_embed, self.bbox_embed):
-            nn.init.constant_(cls.bias, prior)
-            nn.init.zeros_(box.layers[-1].weight)
-            nn.init.zeros_(box.layers[-1].bias)
+        n = dc.num_decoder_layers
+        self.class_embed = nn.ModuleList(init_focal_head(nn.Linear(c, cfg.num_classes)) for _ in range(n))
+        self.bbox_embed = nn.ModuleList(zero_box_head(MLP(c, c, 4, 3)) for _ in range(n))  # one head per layer
 
     def build_encoder(self) -> HybridEncoder:
         """The hybrid encoder with AIFI on S5 (the Mamba detector overrides this, `tutorial/models/mamba_detector.py`)."""
         return HybridEncoder(self.cfg.encoder, self.backbone.num_channels)
-
-    # DINO's query assembly, decoding and output dict, unchanged
-    decode = DINO.decode
-    denoising_groups = DINO.denoising_groups
-    denoising_queries = DINO.denoising_queries
 
     def matching_queries(self, selection, batch_size: int) -> tuple[Tensor, Tensor]:
         """(content (B, Q, C): the selected tokens' features, anchors (B, Q, 4) logit space: their
@@ -259,10 +208,7 @@ class RTDETR(nn.Module):
         masks = [m for _, m in features]
         maps, info = self.encoder([f for f, _ in features], masks, return_intermediates)  # 3 x (B, C, H_l, W_l)
         maps = [proj(x) for proj, x in zip(self.input_proj, maps)]  # 3 x (B, C, H_l, W_l)
-        shapes = [tuple(x.shape[-2:]) for x in maps]
-        memory = torch.cat([rearrange(x, "b c h w -> b (h w) c") for x in maps], 1)  # (B, N, C)
-        padding = torch.cat([m.flatten(1) for m in masks], 1)  # (B, N)
-        ratios = torch.stack([valid_ratios(m) for m in masks], 1)  # (B, L, 2)
+        memory, padding, shapes, ratios = flatten_levels(list(zip(maps, masks)))  # (B, N, C), (B, N), ..., (B, L, 2)
         selection = self.selection(memory, padding, shapes, self.cfg.num_queries)  # the top-Q tokens
         if num_decoder_layers is None and not self.training:
             num_decoder_layers = self.cfg.num_decoder_layers_eval
@@ -276,11 +222,8 @@ class RTDETR(nn.Module):
         return out
 
     def build_criterion(self) -> RTDETRCriterion:
-        cost = lambda *a: focal_matching_cost(*a, alpha=self.cfg.focal_alpha)  # noqa: E731
-        return RTDETRCriterion(HungarianMatcher(self.cfg.matcher, cost), self.cfg.loss, self.cfg.vfl_alpha,
-                               self.cfg.vfl_gamma)
-
-    postprocess = DINO.postprocess  # top `num_detections` (query, class) pairs by sigmoid score, no NMS
+        return RTDETRCriterion(focal_matcher(self.cfg.matcher, self.cfg.focal_alpha), self.cfg.loss,
+                               self.cfg.vfl_alpha, self.cfg.vfl_gamma)
 
 
 # --- presets ----------------------------------------------------------------------------------
@@ -313,10 +256,8 @@ def rtdetr_tiny() -> RTDETRConfig:
     return RTDETRConfig(
         num_classes=6,
         num_queries=25,
-        backbone=PResNetConfig(depth=18, depths=(1, 1, 1, 1), width=32, freeze_at=-1, freeze_norm=False,
-                               weights="pretrained:presnet_tiny"),
+        backbone=presnet_tiny(),
         encoder=HybridEncoderConfig(hidden_dim=128, dim_feedforward=512, expansion=0.5, depth_mult=1 / 3),
-        decoder=DeformableTransformerConfig(d_model=128, num_heads=8, num_encoder_layers=0, num_decoder_layers=3,
-                                            dim_feedforward=512, dropout=0.0, num_levels=3, dec_points=4),
+        decoder=tiny_transformer(DeformableTransformerConfig, num_encoder_layers=0, num_levels=3, dec_points=4),
         dn_number=25,
     )

@@ -48,6 +48,15 @@ class TransformerConfig:
             raise ValueError(f"TransformerConfig.query_pos: expected 'attn' or 'input', got {self.query_pos!r}")
 
 
+def tiny_transformer(config: type = TransformerConfig, **changes):
+    """The tiny presets' transformer sizes: C=128, 8 heads, 3+3 layers, FFN 512, no dropout.
+    `config` is the class to build (TransformerConfig, or DeformableTransformerConfig, which has
+    the same size fields); `changes` override fields (e.g. RT-DETR's `num_levels=3`)."""
+    sizes = dict(d_model=128, num_heads=8, num_encoder_layers=3, num_decoder_layers=3, dim_feedforward=512,
+                 dropout=0.0)
+    return config(**{**sizes, **changes})
+
+
 def with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
     return x if pos is None else x + pos
 
