@@ -28,32 +28,43 @@ Where Hugging Face differs from the official model:
 """
 from __future__ import annotations
 
-from .detr import BATCHNORM_COUNTER, RESNET_OFFICIAL, RESNET_TRANSFORMERS
+from .detr import (BATCHNORM_COUNTER, RESNET_OFFICIAL, RESNET_TRANSFORMERS, TRANSFORMERS_HEADS,
+                   transformers_norms_and_ffn)
+from .detr import HUB_NAMES as DETR_HUB_NAMES
 from .keymap import KeyMap, substitutions
 
 L = r"(\d+)"  # a layer index, kept by \1 in the replacement
 
-OFFICIAL = KeyMap(
-    splits=(
-        (rf"transformer\.encoder\.layers\.{L}\.self_attn\.in_proj_(weight|bias)",
-         tuple(rf"encoder.layers.\1.self_attn.{p}_proj.\2" for p in "qkv")),
-    ),
-    renames=(
-        RESNET_OFFICIAL,
-        (rf"transformer\.(encoder|decoder)\.layers\.{L}\.(linear[12])\.(.*)", r"\1.layers.\2.ffn.\3.\4"),
-        # everything else of the transformer keeps its name: encoder self_attn.out_proj, norm1..3,
-        # the decoder's sa_* / ca_* projections, self_attn / cross_attn.out_proj, decoder.norm,
-        # decoder.query_scale (λ_q), decoder.ref_point_head (s)
-        (r"transformer\.(encoder|decoder)\.(.*)", r"\1.\2"),
-        (r"(input_proj|query_embed|class_embed|bbox_embed)\.(.*)", r"\1.\2"),
-    ),
-    ignore=(BATCHNORM_COUNTER,),
+ENCODER_SPLITS = (
+    (rf"transformer\.encoder\.layers\.{L}\.self_attn\.in_proj_(weight|bias)",
+     tuple(rf"encoder.layers.\1.self_attn.{p}_proj.\2" for p in "qkv")),
 )
 
-HUB_NAMES = (  # transformers 4 -> 5
-    (r"backbone\.conv_encoder\.", "backbone."),
-    (r"\.out_proj\.", ".o_proj."),
-    (r"layers\.(\d+)\.fc([12])\.", r"layers.\1.mlp.fc\2."),
+
+def official_keymap(ffn: str, top_level: str, prepare=None) -> KeyMap:
+    """The official map of Conditional DETR and of the models built on its code (DAB-DETR): the
+    encoder's fused q/k/v split, the FFN's modules `ffn` (a regex alternation) moved under `ffn.`,
+    every other transformer key kept under `encoder.` / `decoder.`, and the modules `top_level`
+    (an alternation: input projection, queries, heads) kept as they are."""
+    return KeyMap(
+        prepare=prepare,
+        splits=ENCODER_SPLITS,
+        renames=(
+            RESNET_OFFICIAL,
+            (rf"transformer\.(encoder|decoder)\.layers\.{L}\.({ffn})\.(.*)", r"\1.layers.\2.ffn.\3.\4"),
+            # everything else of the transformer keeps its name: encoder self_attn.out_proj, norm1..3,
+            # the decoder's sa_* / ca_* projections, self_attn / cross_attn.out_proj, decoder.norm,
+            # decoder.query_scale (λ_q), decoder.ref_point_head (s), and what a descendant adds
+            (r"transformer\.(encoder|decoder)\.(.*)", r"\1.\2"),
+            (rf"({top_level})\.(.*)", r"\1.\2"),
+        ),
+        ignore=(BATCHNORM_COUNTER,),
+    )
+
+
+OFFICIAL = official_keymap("linear[12]", "input_proj|query_embed|class_embed|bbox_embed")
+
+HUB_NAMES = DETR_HUB_NAMES + (  # transformers 4 -> 5: DETR's, and the decoder's projections
     (r"decoder\.layers\.(\d+)\.sa_([qk])(content|pos)_proj\.", r"decoder.layers.\1.self_attn.\2_\3_proj."),
     (r"decoder\.layers\.(\d+)\.sa_v_proj\.", r"decoder.layers.\1.self_attn.v_proj."),
     (r"decoder\.layers\.(\d+)\.ca_([qk])(content|pos)_proj\.", r"decoder.layers.\1.encoder_attn.\2_\3_proj."),
@@ -67,7 +78,6 @@ TRANSFORMERS = KeyMap(
         RESNET_TRANSFORMERS,
         (rf"model\.encoder\.layers\.{L}\.self_attn\.o_proj\.(.*)", r"encoder.layers.\1.self_attn.out_proj.\2"),
         (rf"model\.encoder\.layers\.{L}\.self_attn\.([qkv]_proj)\.(.*)", r"encoder.layers.\1.self_attn.\2.\3"),
-        (rf"model\.encoder\.layers\.{L}\.final_layer_norm\.(.*)", r"encoder.layers.\1.norm2.\2"),
         (rf"model\.decoder\.layers\.{L}\.self_attn\.([qk])_(content|pos)_proj\.(.*)", r"decoder.layers.\1.sa_\2\3_proj.\4"),
         (rf"model\.decoder\.layers\.{L}\.self_attn\.v_proj\.(.*)", r"decoder.layers.\1.sa_v_proj.\2"),
         (rf"model\.decoder\.layers\.{L}\.self_attn\.o_proj\.(.*)", r"decoder.layers.\1.self_attn.out_proj.\2"),
@@ -75,17 +85,10 @@ TRANSFORMERS = KeyMap(
         (rf"model\.decoder\.layers\.{L}\.encoder_attn\.q_pos_sine_proj\.(.*)", r"decoder.layers.\1.ca_qpos_sine_proj.\2"),
         (rf"model\.decoder\.layers\.{L}\.encoder_attn\.v_proj\.(.*)", r"decoder.layers.\1.ca_v_proj.\2"),
         (rf"model\.decoder\.layers\.{L}\.encoder_attn\.o_proj\.(.*)", r"decoder.layers.\1.cross_attn.out_proj.\2"),
-        (rf"model\.decoder\.layers\.{L}\.encoder_attn_layer_norm\.(.*)", r"decoder.layers.\1.norm2.\2"),
-        (rf"model\.decoder\.layers\.{L}\.final_layer_norm\.(.*)", r"decoder.layers.\1.norm3.\2"),
-        (rf"model\.(encoder|decoder)\.layers\.{L}\.self_attn_layer_norm\.(.*)", r"\1.layers.\2.norm1.\3"),
-        (rf"model\.(encoder|decoder)\.layers\.{L}\.mlp\.fc([12])\.(.*)", r"\1.layers.\2.ffn.linear\3.\4"),
+    ) + transformers_norms_and_ffn("{side}.layers.{i}") + (
         (r"model\.decoder\.layernorm\.(.*)", r"decoder.norm.\1"),
         (r"model\.decoder\.(query_scale|ref_point_head)\.(.*)", r"decoder.\1.\2"),
-        (r"model\.input_projection\.(.*)", r"input_proj.\1"),
-        (r"model\.query_position_embeddings\.(.*)", r"query_embed.\1"),
-        (r"class_labels_classifier\.(.*)", r"class_embed.\1"),
-        (r"bbox_predictor\.(.*)", r"bbox_embed.\1"),
-    ),
+    ) + TRANSFORMERS_HEADS,
     ignore=(BATCHNORM_COUNTER,),
 )
 

@@ -37,7 +37,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .detr import BATCHNORM_COUNTER, RESNET_OFFICIAL
+from .conditional_detr import official_keymap
+from .detr import BATCHNORM_COUNTER
 from .keymap import ConversionError, KeyMap
 
 L = r"(\d+)"  # a layer index, kept by \1 in the replacement
@@ -62,23 +63,10 @@ def shared_box_head(copy_prefix: str, main_prefix: str) -> Callable[[dict[str, T
     return merge
 
 
-OFFICIAL = KeyMap(
-    prepare=shared_box_head("transformer.decoder.bbox_embed.", "bbox_embed."),
-    splits=(
-        (rf"transformer\.encoder\.layers\.{L}\.self_attn\.in_proj_(weight|bias)",
-         tuple(rf"encoder.layers.\1.self_attn.{p}_proj.\2" for p in "qkv")),
-    ),
-    renames=(
-        RESNET_OFFICIAL,
-        (rf"transformer\.(encoder|decoder)\.layers\.{L}\.(linear[12]|activation)\.(.*)", r"\1.layers.\2.ffn.\3.\4"),
-        # everything else of the transformer keeps its name: encoder self_attn.out_proj, norm1..3,
-        # encoder.query_scale, the decoder's sa_* / ca_* projections, self_attn / cross_attn.out_proj,
-        # decoder.norm, decoder.query_scale, decoder.ref_point_head, decoder.ref_anchor_head
-        (r"transformer\.(encoder|decoder)\.(.*)", r"\1.\2"),
-        (r"(input_proj|refpoint_embed|class_embed|bbox_embed)\.(.*)", r"\1.\2"),
-    ),
-    ignore=(BATCHNORM_COUNTER,),
-)
+OFFICIAL = official_keymap(  # Conditional DETR's, with a PReLU in every FFN and anchors as queries
+    "linear[12]|activation", "input_proj|refpoint_embed|class_embed|bbox_embed",
+    prepare=shared_box_head("transformer.decoder.bbox_embed.", "bbox_embed."))
+# the transformer keys kept as they are include encoder.query_scale and decoder.ref_anchor_head
 
 DN_OFFICIAL = KeyMap(  # DN-DETR: DAB-DETR's names and the label embedding of the denoising queries
     prepare=OFFICIAL.prepare,

@@ -45,7 +45,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .detr import BATCHNORM_COUNTER
+from .detr import BATCHNORM_COUNTER, RESNET_OFFICIAL, transformers_norms_and_ffn
 from .keymap import ConversionError, KeyMap, substitutions
 
 L = r"(\d+)"  # a layer index, kept by \1 in the replacement
@@ -77,8 +77,8 @@ def chain(*steps):
     return run
 
 
-OFFICIAL_RENAMES = (
-    (r"backbone\.0\.body\.(.*)", r"backbone.body.\1"),
+OFFICIAL_LAYERS = (  # backbone to decoder layers; DINO's official code names them so too
+    RESNET_OFFICIAL,
     (r"input_proj\.(\d+)\.([01])\.(.*)", r"input_proj.layers.\1.\2.\3"),
     (r"transformer\.level_embed", "level_embed"),
     (rf"transformer\.encoder\.layers\.{L}\.self_attn\.{DEFORMABLE}\.(.*)", r"encoder.layers.\1.self_attn.\2.\3"),
@@ -89,6 +89,8 @@ OFFICIAL_RENAMES = (
     (rf"transformer\.decoder\.layers\.{L}\.norm2\.(.*)", r"decoder.layers.\1.norm1.\2"),  # after self-attention
     (rf"transformer\.decoder\.layers\.{L}\.norm1\.(.*)", r"decoder.layers.\1.norm2.\2"),  # after cross-attention
     (rf"transformer\.decoder\.layers\.{L}\.norm3\.(.*)", r"decoder.layers.\1.norm3.\2"),
+)
+OFFICIAL_RENAMES = OFFICIAL_LAYERS + (
     (r"transformer\.decoder\.bbox_embed\.(.*)", r"decoder.bbox_embed.\1"),
     (r"transformer\.(reference_points|enc_output|enc_output_norm|pos_trans|pos_trans_norm)\.(.*)", r"\1.\2"),
     (r"(query_embed|class_embed|bbox_embed)\.(.*)", r"\1.\2"),
@@ -106,14 +108,10 @@ TRANSFORMERS_RENAMES = (
     (r"model\.input_proj\.(\d+)\.([01])\.(.*)", r"input_proj.layers.\1.\2.\3"),
     (r"model\.level_embed", "level_embed"),
     (rf"model\.encoder\.layers\.{L}\.self_attn\.{DEFORMABLE}\.(.*)", r"encoder.layers.\1.self_attn.\2.\3"),
-    (rf"model\.(encoder|decoder)\.layers\.{L}\.mlp\.fc([12])\.(.*)", r"\1.layers.\2.ffn.linear\3.\4"),
-    (rf"model\.(encoder|decoder)\.layers\.{L}\.self_attn_layer_norm\.(.*)", r"\1.layers.\2.norm1.\3"),
-    (rf"model\.encoder\.layers\.{L}\.final_layer_norm\.(.*)", r"encoder.layers.\1.norm2.\2"),
     (rf"model\.decoder\.layers\.{L}\.self_attn\.([qkv])_proj\.(.*)", r"decoder.layers.\1.self_attn.\2_proj.\3"),
     (rf"model\.decoder\.layers\.{L}\.self_attn\.o_proj\.(.*)", r"decoder.layers.\1.self_attn.out_proj.\2"),
     (rf"model\.decoder\.layers\.{L}\.encoder_attn\.{DEFORMABLE}\.(.*)", r"decoder.layers.\1.cross_attn.\2.\3"),
-    (rf"model\.decoder\.layers\.{L}\.encoder_attn_layer_norm\.(.*)", r"decoder.layers.\1.norm2.\2"),
-    (rf"model\.decoder\.layers\.{L}\.final_layer_norm\.(.*)", r"decoder.layers.\1.norm3.\2"),
+) + transformers_norms_and_ffn("{side}.layers.{i}") + (
     (r"model\.decoder\.bbox_embed\.(.*)", r"decoder.bbox_embed.\1"),
     (r"model\.query_position_embeddings\.(.*)", r"query_embed.\1"),
     (r"model\.(reference_points|enc_output|enc_output_norm|pos_trans|pos_trans_norm)\.(.*)", r"\1.\2"),

@@ -50,6 +50,31 @@ OFFICIAL = KeyMap(
 HUB_NAMES = ((r"backbone\.conv_encoder\.", "backbone."), (r"\.out_proj\.", ".o_proj."),
              (r"layers\.(\d+)\.fc([12])\.", r"layers.\1.mlp.fc\2."))  # transformers 4 -> 5
 
+
+
+def transformers_norms_and_ffn(layers: str) -> tuple[tuple[str, str], ...]:
+    """Renames for the norms and FFN of every layer of HF's DETR family (DETR, Deformable and
+    Conditional DETR name them alike); `layers` says where our layer `{i}` of `{side}`
+    ("encoder" or "decoder") lives: "transformer.{side}_layers.{i}" in DETR, "{side}.layers.{i}"
+    in its descendants."""
+    both = layers.format(side=r"\1", i=r"\2")  # (encoder|decoder) is group 1, the index group 2
+    encoder, decoder = layers.format(side="encoder", i=r"\1"), layers.format(side="decoder", i=r"\1")
+    return (
+        (rf"model\.(encoder|decoder)\.layers\.{L}\.mlp\.fc([12])\.(.*)", both + r".ffn.linear\3.\4"),
+        (rf"model\.(encoder|decoder)\.layers\.{L}\.self_attn_layer_norm\.(.*)", both + r".norm1.\3"),
+        (rf"model\.decoder\.layers\.{L}\.encoder_attn_layer_norm\.(.*)", decoder + r".norm2.\2"),
+        (rf"model\.encoder\.layers\.{L}\.final_layer_norm\.(.*)", encoder + r".norm2.\2"),
+        (rf"model\.decoder\.layers\.{L}\.final_layer_norm\.(.*)", decoder + r".norm3.\2"),
+    )
+
+
+TRANSFORMERS_HEADS = (  # the projection, queries and heads of HF's DETR family (Conditional DETR too)
+    (r"model\.input_projection\.(.*)", r"input_proj.\1"),
+    (r"model\.query_position_embeddings\.(.*)", r"query_embed.\1"),
+    (r"class_labels_classifier\.(.*)", r"class_embed.\1"),
+    (r"bbox_predictor\.(.*)", r"bbox_embed.\1"),
+)
+
 TRANSFORMERS = KeyMap(
     prepare=substitutions(HUB_NAMES),
     renames=(
@@ -58,17 +83,9 @@ TRANSFORMERS = KeyMap(
         (rf"model\.(encoder|decoder)\.layers\.{L}\.self_attn\.(.*)", r"transformer.\1_layers.\2.self_attn.\3"),
         (rf"model\.decoder\.layers\.{L}\.encoder_attn\.o_proj\.(.*)", r"transformer.decoder_layers.\1.cross_attn.out_proj.\2"),
         (rf"model\.decoder\.layers\.{L}\.encoder_attn\.(.*)", r"transformer.decoder_layers.\1.cross_attn.\2"),
-        (rf"model\.(encoder|decoder)\.layers\.{L}\.mlp\.fc([12])\.(.*)", r"transformer.\1_layers.\2.ffn.linear\3.\4"),
-        (rf"model\.(encoder|decoder)\.layers\.{L}\.self_attn_layer_norm\.(.*)", r"transformer.\1_layers.\2.norm1.\3"),
-        (rf"model\.decoder\.layers\.{L}\.encoder_attn_layer_norm\.(.*)", r"transformer.decoder_layers.\1.norm2.\2"),
-        (rf"model\.encoder\.layers\.{L}\.final_layer_norm\.(.*)", r"transformer.encoder_layers.\1.norm2.\2"),
-        (rf"model\.decoder\.layers\.{L}\.final_layer_norm\.(.*)", r"transformer.decoder_layers.\1.norm3.\2"),
+    ) + transformers_norms_and_ffn("transformer.{side}_layers.{i}") + (
         (r"model\.decoder\.layernorm\.(.*)", r"transformer.decoder_norm.\1"),
-        (r"model\.input_projection\.(.*)", r"input_proj.\1"),
-        (r"model\.query_position_embeddings\.(.*)", r"query_embed.\1"),
-        (r"class_labels_classifier\.(.*)", r"class_embed.\1"),
-        (r"bbox_predictor\.(.*)", r"bbox_embed.\1"),
-    ),
+    ) + TRANSFORMERS_HEADS,
     ignore=(BATCHNORM_COUNTER,),
 )
 

@@ -21,7 +21,7 @@ queries `transformer.tgt_embed` (900 × 256), the proposal heads `transformer.en
 """
 from __future__ import annotations
 
-from .deformable_detr import DEFORMABLE, same_tensors
+from .deformable_detr import OFFICIAL_LAYERS, OFFICIAL_SPLITS, same_tensors
 from .detr import BATCHNORM_COUNTER
 from .keymap import KeyMap
 
@@ -35,22 +35,8 @@ ALIASES = (  # (alias, the key it must equal)
 
 OFFICIAL = KeyMap(
     prepare=same_tensors(ALIASES),
-    splits=(
-        (rf"transformer\.decoder\.layers\.{L}\.self_attn\.in_proj_(weight|bias)",
-         tuple(rf"decoder.layers.\1.self_attn.{p}_proj.\2" for p in "qkv")),
-    ),
-    renames=(
-        (r"backbone\.0\.body\.(.*)", r"backbone.body.\1"),
-        (r"input_proj\.(\d+)\.([01])\.(.*)", r"input_proj.layers.\1.\2.\3"),
-        (r"transformer\.level_embed", "level_embed"),
-        (rf"transformer\.encoder\.layers\.{L}\.self_attn\.{DEFORMABLE}\.(.*)", r"encoder.layers.\1.self_attn.\2.\3"),
-        (rf"transformer\.(encoder|decoder)\.layers\.{L}\.(linear[12])\.(.*)", r"\1.layers.\2.ffn.\3.\4"),
-        (rf"transformer\.encoder\.layers\.{L}\.(norm[12])\.(.*)", r"encoder.layers.\1.\2.\3"),
-        (rf"transformer\.decoder\.layers\.{L}\.self_attn\.out_proj\.(.*)", r"decoder.layers.\1.self_attn.out_proj.\2"),
-        (rf"transformer\.decoder\.layers\.{L}\.cross_attn\.{DEFORMABLE}\.(.*)", r"decoder.layers.\1.cross_attn.\2.\3"),
-        (rf"transformer\.decoder\.layers\.{L}\.norm2\.(.*)", r"decoder.layers.\1.norm1.\2"),  # after self-attention
-        (rf"transformer\.decoder\.layers\.{L}\.norm1\.(.*)", r"decoder.layers.\1.norm2.\2"),  # after cross-attention
-        (rf"transformer\.decoder\.layers\.{L}\.norm3\.(.*)", r"decoder.layers.\1.norm3.\2"),
+    splits=OFFICIAL_SPLITS,
+    renames=OFFICIAL_LAYERS + (
         (r"transformer\.decoder\.norm\.(.*)", r"decoder.norm.\1"),
         (r"transformer\.decoder\.ref_point_head\.(.*)", r"decoder.query_pos_head.\1"),
         (r"transformer\.tgt_embed\.(.*)", r"tgt_embed.\1"),
