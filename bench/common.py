@@ -10,7 +10,9 @@ import statistics
 import subprocess
 import sys
 import time
+from argparse import SUPPRESS, ArgumentParser
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -97,3 +99,21 @@ def run_child(script: str | os.PathLike, args: list, what: str, timeout: float |
     if out.returncode:
         raise ChildFailed(what, out.returncode, out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def add_child_options(p: ArgumentParser, one: tuple[str, ...], warmup: int, repeats: int, threads: int = 1) -> None:
+    """The options of a bench that times each measurement in a fresh child (`run_child`): --warmup,
+    --repeats, --threads, and the hidden --one <one...> that makes this process that child."""
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--repeats", type=int, default=repeats)
+    p.add_argument("--threads", type=int, default=threads)
+    p.add_argument("--one", nargs=len(one), metavar=one, help=SUPPRESS)
+
+
+def answered_as_child(args, measure: Callable[..., dict]) -> bool:
+    """Set torch's thread count from --threads; with --one, print measure(*args.one) as one JSON line
+    (what `run_child` reads) and return True: the caller then returns."""
+    torch.set_num_threads(args.threads)
+    if args.one:
+        print(json.dumps(measure(*args.one)))
+    return bool(args.one)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -45,8 +44,8 @@ from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import time_runs  # noqa: E402
-from tutorial.models.deformable_detr import DeformableDETR, MultiScaleProjection  # noqa: E402
+from bench.common import add_child_options, answered_as_child, time_runs  # noqa: E402
+from tutorial.models.multiscale import MultiScaleProjection, flatten_levels, level_positions  # noqa: E402
 from tutorial.models.deformable_transformer import DeformableEncoder, DeformableTransformerConfig  # noqa: E402
 from tutorial.models.hybrid_encoder import HybridEncoder  # noqa: E402
 from tutorial.models import model_config  # noqa: E402
@@ -65,8 +64,6 @@ class DeformableEncoderPath(nn.Module):
     `MultiScaleProjection` (+ extra levels), sine positions + level embeddings, `DeformableEncoder`.
     forward(features [(B, C_l, H_l, W_l)] * 3) -> memory (B, N, C), N = Σ_l H_l·W_l over L levels."""
 
-    flatten_levels = DeformableDETR.flatten_levels  # L maps -> tokens, positions, padding, shapes, ratios
-
     def __init__(self, tc: DeformableTransformerConfig, in_channels: list[int]):
         super().__init__()
         self.input_proj = MultiScaleProjection(in_channels, tc.d_model, tc.num_levels)
@@ -74,10 +71,15 @@ class DeformableEncoderPath(nn.Module):
         self.level_embed = nn.Parameter(torch.randn(tc.num_levels, tc.d_model))
         self.encoder = DeformableEncoder(tc)
 
+    def tokens(self, levels: list[tuple[Tensor, Tensor]]):
+        """L maps -> tokens (B, N, C), positions (B, N, C), padding (B, N), shapes, valid ratios (B, L, 2)."""
+        src, padding, shapes, ratios = flatten_levels(levels)  # (B, N, C), (B, N), [(H_l, W_l)], (B, L, 2)
+        return src, level_positions(levels, self.position_encoding, self.level_embed), padding, shapes, ratios
+
     def forward(self, features: list[Tensor]) -> Tensor:
         masks = [torch.zeros(f.shape[0], *f.shape[-2:], dtype=torch.bool) for f in features]  # no padding
         levels = self.input_proj(list(zip(features, masks)), masks[0])  # L x ((B, C, H_l, W_l), (B, H_l, W_l))
-        src, pos, padding, shapes, ratios = self.flatten_levels(levels)  # (B, N, C) ...
+        src, pos, padding, shapes, ratios = self.tokens(levels)  # (B, N, C) ...
         memory, _, _ = self.encoder(src, pos, shapes, ratios, padding)  # (B, N, C)
         return memory
 
@@ -180,7 +182,7 @@ def measure(config: str, encoder: str, warmup: int, repeats: int) -> dict:
     else:
         masks = [torch.zeros(1, *f.shape[-2:], dtype=torch.bool) for f in feats]
         levels = module.input_proj(list(zip(feats, masks)), masks[0])
-        src, pos, padding, shapes, ratios = module.flatten_levels(levels)  # (1, N, C) ...
+        src, pos, padding, shapes, ratios = module.tokens(levels)  # (1, N, C) ...
         fns["input_proj"] = lambda: module.input_proj(list(zip(feats, masks)), masks[0])
         fns["encoder_layers"] = lambda: module.encoder(src, pos, shapes, ratios, padding)
     base = vm("VmRSS")
@@ -196,14 +198,9 @@ def measure(config: str, encoder: str, warmup: int, repeats: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--one", nargs=2, metavar=("CONFIG", "ENCODER"), help=argparse.SUPPRESS)
+    add_child_options(p, ("CONFIG", "ENCODER"), warmup=3, repeats=15)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.one:  # child process
-        print(json.dumps(measure(*args.one, args.warmup, args.repeats)))
+    if answered_as_child(args, lambda *one: measure(*one, args.warmup, args.repeats)):
         return
     from bench.common import run_child, write_json
 

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import time_runs  # noqa: E402
+from bench.common import add_child_options, answered_as_child, time_runs  # noqa: E402
 from tutorial.data.dataset import DetectionDataset, collate  # noqa: E402
 from tutorial.models.dense_detector import time_nms  # noqa: E402
 from tutorial.training.evaluate import coco_detections, coco_metrics, evaluate  # noqa: E402
@@ -175,15 +175,10 @@ def main() -> None:
     p.add_argument("--data", default=str(ROOT / "data" / "shapes"))
     p.add_argument("--checkpoints", default=str(CHECKPOINTS))
     p.add_argument("--val-images", type=int, default=None, help="evaluate on the first N val images (default: all)")
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--nms-repeats", type=int, default=10)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--one", nargs=2, metavar=("KIND", "CHECKPOINT"), help=argparse.SUPPRESS)
+    add_child_options(p, ("KIND", "CHECKPOINT"), warmup=10, repeats=50)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.one:  # child process
-        print(json.dumps(child(*args.one, args.data, args.warmup, args.repeats)))
+    if answered_as_child(args, lambda *one: child(*one, args.data, args.warmup, args.repeats)):
         return
     from bench.common import RESULTS, run_child, write_json
     from tutorial.viz.rt_detr import plot_latency_report

@@ -19,7 +19,7 @@ import typing
 
 import torch
 
-from .errors import InputError, one_line
+from .errors import InputError, json_object, one_line
 
 
 def cmd_data(args) -> None:
@@ -31,14 +31,7 @@ def cmd_data(args) -> None:
 
 def parse_json(text: str, option: str) -> dict:
     """A JSON option (`--model-overrides`) -> dict, or an `InputError` saying what is wrong with it."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{option}: not valid JSON ({e.msg} at column {e.colno}); "
-                         f"expected e.g. '{{\"num_queries\": 50}}'") from e
-    if not isinstance(value, dict):
-        raise InputError(f"{option}: expected a JSON object of config fields, got {text!r}")
-    return value
+    return json_object(text, option, "a JSON object of config fields", "expected e.g. '{\"num_queries\": 50}'")
 
 
 # --- options generated from a config dataclass -------------------------------------------------

@@ -8,6 +8,8 @@ traceback.
 """
 from __future__ import annotations
 
+import json
+
 
 class InputError(Exception):
     """Bad input from the user; the message names what is wrong and the fix."""
@@ -27,3 +29,16 @@ class ConfigError(InputError, TypeError):
 def one_line(error: BaseException) -> str:
     """The error's message on a single line (some wrapped library messages span several)."""
     return " ".join(str(error).split())
+
+
+def json_object(text: str, where: str, expected: str, fix: str, error: type[InputError] = InputError) -> dict:
+    """`text` parsed as a JSON object, or `error` saying so in one line: `where` (a file or an option)
+    was not valid JSON (line, column, reason) or not an object; `expected` describes the object,
+    `fix` how to mend a malformed one."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{where}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}; {fix}") from e
+    if not isinstance(value, dict):
+        raise error(f"{where}: expected {expected}, got {text[:60]!r}")
+    return value

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 from torchvision.ops import box_convert
 from torchvision.transforms import v2
 
-from ..errors import InputError
+from ..errors import InputError, json_object
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,14 +72,8 @@ def validate_coco(ann_file: str | Path, image_dir: str | Path, num_classes: int 
     pointing at an unknown image, and (if `check_files`) a missing image file.
     """
     ann_file, image_dir = Path(ann_file), Path(image_dir)
-    try:
-        with open(ann_file) as f:
-            coco = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{ann_file}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}; fix the file, "
-                           f"or for a shapes set regenerate it (`python -m tutorial data --force`)") from e
-    if not isinstance(coco, dict):
-        raise DatasetError(f"{ann_file}: expected a JSON object with 'images', 'annotations', 'categories'")
+    coco = json_object(ann_file.read_text(), str(ann_file), "a JSON object with 'images', 'annotations', 'categories'",
+                       "fix the file, or for a shapes set regenerate it (`python -m tutorial data --force`)", DatasetError)
     for key in ("images", "annotations", "categories"):
         if not isinstance(coco.get(key), list):
             raise DatasetError(f"{ann_file}: field '{key}' is missing or not a list")

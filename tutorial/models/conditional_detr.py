@@ -42,14 +42,15 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from ..ops.attention import PreProjectedAttention
-from .backbone import Backbone, BackboneConfig, tiny_backbone
+from .backbone import Backbone, BackboneConfig
 from ..matching.criterion import LossWeights
 from ..matching.focal import FocalSetCriterion, focal_matcher
 from .heads import init_focal_head, inverse_sigmoid, topk_detections, zero_box_head
 from ..matching.matcher import MatcherWeights
 from ..ops.mlp import MLP
 from ..ops.position_encoding import SinePositionEncoding, anchor_position_encoding
-from .transformer import FFN, EncoderLayer, TransformerConfig, tiny_transformer
+from .tiny import detr_tiny_sizes
+from .transformer import FFN, EncoderLayer, TransformerConfig
 
 
 @dataclass
@@ -340,9 +341,4 @@ def conditional_detr_r50() -> ConditionalDETRConfig:
 def conditional_detr_tiny() -> ConditionalDETRConfig:
     """CPU scale on shapes, with detr_tiny's backbone and sizes (C=128, 3+3 layers, FFN 512,
     25 queries, no dropout)."""
-    return ConditionalDETRConfig(
-        num_classes=6,
-        num_queries=25,
-        backbone=tiny_backbone("layer3"),
-        transformer=tiny_transformer(),
-    )
+    return ConditionalDETRConfig(**detr_tiny_sizes())

@@ -37,14 +37,14 @@ import torch
 from einops import repeat
 from torch import Tensor, nn
 
-from .backbone import tiny_backbone
 from .conditional_detr import (ConditionalDecoder, ConditionalDETR, ConditionalDETRConfig, Decoded, Encoded,
                                Encoder)
 from ..matching.criterion import LossWeights
 from .heads import inverse_sigmoid
 from ..ops.mlp import MLP
 from ..ops.position_encoding import anchor_position_encoding
-from .transformer import TransformerConfig, tiny_transformer
+from .tiny import detr_tiny_sizes
+from .transformer import TransformerConfig
 
 
 @dataclass
@@ -173,9 +173,4 @@ def dab_detr_r50() -> DABDETRConfig:
 def dab_detr_tiny() -> DABDETRConfig:
     """CPU scale on shapes, with detr_tiny's backbone and sizes (C=128, 3+3 layers, FFN 512,
     25 queries, no dropout)."""
-    return DABDETRConfig(
-        num_classes=6,
-        num_queries=25,
-        backbone=tiny_backbone("layer3"),
-        transformer=tiny_transformer(),
-    )
+    return DABDETRConfig(**detr_tiny_sizes())

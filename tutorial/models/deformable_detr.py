@@ -33,8 +33,7 @@ from .deformable_transformer import (DeformableDecoder, DeformableEncoder, Defor
 from .heads import init_focal_head, inverse_sigmoid, topk_detections, zero_box_head
 from ..matching.matcher import MatcherWeights
 from ..ops.mlp import MLP
-from .multiscale import MultiScaleProjection, flatten_levels, level_positions, multiscale_front_end  # noqa: F401
-# (MultiScaleProjection is imported from here by bench/encoder_cost.py)
+from .multiscale import flatten_levels, level_positions, multiscale_front_end
 from .transformer import tiny_transformer
 
 
@@ -94,13 +93,6 @@ class DeformableDETR(nn.Module):
             self.reference_points = nn.Linear(c, 2)
             nn.init.xavier_uniform_(self.reference_points.weight, gain=1.0)
             nn.init.constant_(self.reference_points.bias, 0.0)
-
-    def flatten_levels(self, levels: list[tuple[Tensor, Tensor]]):
-        """L maps -> tokens (B, N, C), positions + level embeddings (B, N, C), padding (B, N), spatial
-        shapes [(H_l, W_l)] and valid ratios (B, L, 2): `multiscale.flatten_levels` and
-        `level_positions` in one call (kept as a method for `bench/encoder_cost.py`, which borrows it)."""
-        src, padding, shapes, ratios = flatten_levels(levels)  # the module's function, not this method
-        return src, level_positions(levels, self.position_encoding, self.level_embed), padding, shapes, ratios
 
     def queries(self, memory: Tensor, padding: Tensor, shapes, out: dict):
         """The decoder's (content tgt, position query_pos, reference points) for each image."""

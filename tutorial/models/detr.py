@@ -22,12 +22,13 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
-from .backbone import Backbone, BackboneConfig, tiny_backbone
+from .backbone import Backbone, BackboneConfig
 from ..matching.criterion import LossWeights, SetCriterion
 from ..matching.matcher import HungarianMatcher, MatcherWeights
 from ..ops.mlp import MLP
 from ..ops.position_encoding import build_position_encoding
-from .transformer import Transformer, TransformerConfig, tiny_transformer
+from .tiny import detr_tiny_sizes
+from .transformer import Transformer, TransformerConfig
 
 
 @dataclass
@@ -132,12 +133,7 @@ def detr_tiny() -> DETRConfig:
     """The same code at CPU scale for the shapes set (5 classes: ids 1..5): a ResNet with one
     BasicBlock per stage up to layer3 (stride 16, trainable batch norm, from scratch), C=128,
     3+3 layers, 25 queries; 2.7M parameters, about 40 training images/s on 2 CPU cores."""
-    return DETRConfig(
-        num_classes=6,
-        num_queries=25,
-        backbone=tiny_backbone("layer3"),
-        transformer=tiny_transformer(),
-    )
+    return DETRConfig(**detr_tiny_sizes())
 
 
 # Every row of the seed's positional-encoding ablation (DETR Table 3) as `build_model` overrides.

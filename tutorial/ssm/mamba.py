@@ -35,6 +35,11 @@ from torch import Tensor, nn
 from .selective_scan import selective_scan
 
 
+def delta_rank(d_model: int, dt_rank: int | str) -> int:
+    """R, the rank of Δ's low-rank projection (Mamba's `dt_rank`): ⌈C / 16⌉ for "auto", else as given."""
+    return math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+
+
 @dataclass
 class MambaConfig:
     d_model: int = 768
@@ -58,7 +63,7 @@ class MambaConfig:
 
     @property
     def rank(self) -> int:
-        return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else int(self.dt_rank)
+        return delta_rank(self.d_model, self.dt_rank)
 
 
 def dt_bias_init(d: int, dt_min: float, dt_max: float, floor: float) -> Tensor:

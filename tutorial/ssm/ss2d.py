@@ -25,7 +25,6 @@ projection [dt_rank], K = 4 scan directions [K, k_group].
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .mamba import at_least_float32, dt_bias_init, s4d_real_A_log
+from .mamba import at_least_float32, delta_rank, dt_bias_init, s4d_real_A_log
 from .selective_scan import selective_scan
 
 DIRECTIONS = ("row-major", "column-major", "row-major reversed", "column-major reversed")
@@ -99,7 +98,7 @@ class SS2DConfig:
 
     @property
     def rank(self) -> int:
-        return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else int(self.dt_rank)
+        return delta_rank(self.d_model, self.dt_rank)
 
 
 class SS2D(nn.Module):

@@ -104,6 +104,19 @@ ScanParams<T> scan_params(const at::Tensor& u, const at::Tensor& delta, const at
   return p;
 }
 
+// What the scan entry points return, in both bindings: the forward's out, y, states, and the
+// backward's du, ddelta, dA, dB, dC, dD, dz, ddelta_bias.
+using ScanOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using ScanGradients =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// The scan's first check in each binding: u on the binding's device, in float32 or float64.
+inline void check_scan_input(const at::Tensor& u, bool cuda) {
+  TORCH_CHECK(cuda ? u.is_cuda() : u.device().is_cpu(),
+              cuda ? "the CUDA extension needs GPU tensors" : "the CPU extension needs CPU tensors");
+  TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble, "u must be float32 or float64");
+}
+
 // The forward: ScanParams with the outputs allocated here and their pointers set. out (B, D, L);
 // y (B, D, L) the pre-gate output, empty without z; states (B, D, n_chunks, N), h at each chunk's end.
 template <typename T>

@@ -39,14 +39,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> deform_backward(const at::Tensor&
 }
 
 // -> out (B, D, L), y (B, D, L) the pre-gate output (empty without z), states (B, D, n_chunks, N).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_forward(const at::Tensor& u, const at::Tensor& delta,
-                                                            const at::Tensor& A, const at::Tensor& B,
-                                                            const at::Tensor& C, const std::optional<at::Tensor>& D,
-                                                            const std::optional<at::Tensor>& z,
-                                                            const std::optional<at::Tensor>& delta_bias,
-                                                            bool softplus, int64_t threads, int64_t items) {
-  TORCH_CHECK(u.device().is_cpu(), "the CPU extension needs CPU tensors");
-  TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble, "u must be float32 or float64");
+ScanOutputs scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                         const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
+                         const std::optional<at::Tensor>& delta_bias, bool softplus, int64_t threads, int64_t items) {
+  check_scan_input(u, /*cuda=*/false);
   at::Tensor out, y, states;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_forward_cpu", [&] {
     selective_scan_forward_cpu(scan_forward_params<scalar_t>(u, delta, A, B, C, D, z, delta_bias, softplus, threads,
@@ -56,13 +52,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_forward(const at::Tensor& u,
 }
 
 // -> du, ddelta, dA, dB, dC, dD, dz, ddelta_bias (dD, dz, ddelta_bias zero when not given).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-              const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
-              const std::optional<at::Tensor>& delta_bias, bool softplus, const at::Tensor& y,
-              const at::Tensor& states, const at::Tensor& dout, int64_t threads, int64_t items) {
-  TORCH_CHECK(u.device().is_cpu(), "the CPU extension needs CPU tensors");
-  TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble, "u must be float32 or float64");
+ScanGradients scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                            const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
+                            const std::optional<at::Tensor>& delta_bias, bool softplus, const at::Tensor& y,
+                            const at::Tensor& states, const at::Tensor& dout, int64_t threads, int64_t items) {
+  check_scan_input(u, /*cuda=*/false);
   const int workers = std::max(1, at::get_num_threads());
   const int64_t dim = u.size(1);
   // one zeroed copy per worker of every gradient that several channels add into

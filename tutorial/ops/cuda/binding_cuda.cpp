@@ -58,14 +58,10 @@ void check_geometry(int64_t threads, int64_t items, int64_t dstate) {
   TORCH_CHECK(dstate <= kMaxState, "the CUDA selective scan supports N <= ", kMaxState, ", got ", dstate);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_forward(const at::Tensor& u, const at::Tensor& delta,
-                                                            const at::Tensor& A, const at::Tensor& B,
-                                                            const at::Tensor& C, const std::optional<at::Tensor>& D,
-                                                            const std::optional<at::Tensor>& z,
-                                                            const std::optional<at::Tensor>& delta_bias,
-                                                            bool softplus, int64_t threads, int64_t items) {
-  TORCH_CHECK(u.is_cuda(), "the CUDA extension needs GPU tensors");
-  TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble, "u must be float32 or float64");
+ScanOutputs scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                         const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
+                         const std::optional<at::Tensor>& delta_bias, bool softplus, int64_t threads, int64_t items) {
+  check_scan_input(u, /*cuda=*/true);
   const c10::cuda::CUDAGuard guard(u.device());
   at::Tensor out, y, states;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_forward_cuda", [&] {
@@ -77,13 +73,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_forward(const at::Tensor& u,
   return {out, y, states};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-              const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
-              const std::optional<at::Tensor>& delta_bias, bool softplus, const at::Tensor& y,
-              const at::Tensor& states, const at::Tensor& dout, int64_t threads, int64_t items) {
-  TORCH_CHECK(u.is_cuda(), "the CUDA extension needs GPU tensors");
-  TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble, "u must be float32 or float64");
+ScanGradients scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                            const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
+                            const std::optional<at::Tensor>& delta_bias, bool softplus, const at::Tensor& y,
+                            const at::Tensor& states, const at::Tensor& dout, int64_t threads, int64_t items) {
+  check_scan_input(u, /*cuda=*/true);
   const c10::cuda::CUDAGuard guard(u.device());
   const int64_t dim = u.size(1);
   ScanGrads g{at::empty_like(u), at::empty_like(u), at::zeros_like(u),
