@@ -130,3 +130,17 @@ def test_cli_options_are_the_config_fields():
     assert field_comments(TrainConfig)["workers"] == "data-loading processes"
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--schedule", "linear"])
+
+
+def test_bf16_warning_only_without_a_bf16_unit(tmp_path):
+    from tutorial.training.amp import bf16_warning, cpu_flags
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "sse", "avx2", "fma"}
+    assert cpu_flags(tmp_path / "missing") == set()
+    warning = bf16_warning("cpu", {"avx2", "fma"})
+    assert warning is not None and "--amp fp32" in warning and "\n" not in warning
+    assert bf16_warning("cpu", {"avx2", "avx512f", "avx512_bf16"}) is None
+    assert bf16_warning("cpu", {"amx_bf16"}) is None
+    assert bf16_warning("cuda", {"avx2"}) is None
+    assert bf16_warning("cpu", set()) is None  # flags unknown: no claim either way

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from .amp import bf16_warning
 from .checkpoint import CheckpointError, config_differences, load_checkpoint, save_atomic, saved_config
 from ..data.dataset import DetectionDataset, collate
 from .distributed import all_reduce_mean, barrier, broadcast_buffers, init_distributed, is_main
@@ -171,6 +173,8 @@ def train(cfg: TrainConfig) -> nn.Module:
                      cfg.val_images)
     ckpt = resume_checkpoint(out / "checkpoint.pt", model_cfg) if cfg.resume else None
     model = build_model(cfg.model, **cfg.model_overrides).to(device)
+    if cfg.amp == "bf16" and is_main() and (warning := bf16_warning(device.type)):
+        print(warning, file=sys.stderr)
     sampler = (torch.utils.data.DistributedSampler(train_set, world_size, rank, seed=cfg.seed)
                if world_size > 1 else torch.utils.data.RandomSampler(
                    train_set, generator=torch.Generator().manual_seed(cfg.seed)))
