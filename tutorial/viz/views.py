@@ -52,6 +52,10 @@ class View:
         runner = self.runners[self.controls["model"].value] if hasattr(self, "runners") else self.runner
         return class_name(label, class_names(runner.model.cfg.num_classes))
 
+    def values(self) -> dict:
+        """The controls' current values, by control name."""
+        return {name: control.value for name, control in self.controls.items()}
+
     def _watch(self) -> None:
         for control in self.controls.values():
             control.observe(self._changed, names="value")

@@ -64,7 +64,7 @@ class PositionalAttentionView(View):
             self._fit_model(c["query"].value, c["layer"].value, c["head"].value)
 
     def draw(self) -> None:
-        c = {k: w.value for k, w in self.controls.items()}
+        c = self.values()
         r = self.runners[c["model"]](c["index"])
         q, layer = c["query"], c["layer"]
         (h, w), (hf, wf) = r["grid_size"], r["feature_size"]

@@ -94,7 +94,7 @@ class SamplingPointsView(View):
             self._enable()
 
     def draw(self) -> None:
-        c = {k: w.value for k, w in self.controls.items()}
+        c = self.values()
         r = self.runner(c["index"])
         shapes, num_levels = r["spatial_shapes"], len(r["spatial_shapes"])
         box = None

@@ -39,7 +39,7 @@ class DenoisingView(View):
         self.render()
 
     def draw(self) -> None:
-        c = {k: w.value for k, w in self.controls.items()}
+        c = self.values()
         r = self.runner(c["index"])
         chosen = (r["dn_target_index"] >= 0) & ((r["groups"] == c["group"]) if c["group"] != "all" else True)
         self.queries = torch.nonzero(chosen).flatten().tolist()

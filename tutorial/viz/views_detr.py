@@ -43,7 +43,7 @@ class EncoderAttentionView(View):
             self._fit_grid()
 
     def draw(self) -> None:
-        c = {k: w.value for k, w in self.controls.items()}
+        c = self.values()
         r = self.runner(c["index"])
         hf, wf = r["feature_size"]
         attention = select_head(r["encoder_attention"][c["layer"]], c["head"])  # (N, N)
@@ -93,7 +93,7 @@ class DecoderAttentionView(View):
             self._fit_queries()
 
     def draw(self) -> None:
-        c = {k: w.value for k, w in self.controls.items()}
+        c = self.values()
         r = self.runner(c["index"])
         hf, wf = r["feature_size"]
         q = c["query"]

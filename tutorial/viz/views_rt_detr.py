@@ -38,7 +38,7 @@ class QuerySelectionView(View):
         self.render()
 
     def draw(self) -> None:
-        c = {k: w.value for k, w in self.controls.items()}
+        c = self.values()
         r = self.runner(c["index"])
         n, k = c["tokens"], c["layers"]
         ax_tokens, ax_pred = self.figure.subplots(1, 2)
@@ -83,7 +83,7 @@ class NMSView(View):
         self.render()
 
     def draw(self) -> None:
-        c = {k: w.value for k, w in self.controls.items()}
+        c = self.values()
         r = self.runner(c["index"])
         model, out, sizes = self.runner.model, r["outputs"], r["sizes"]
         self.candidates = model.candidates(out, sizes, c["score"])[0]
