@@ -11,7 +11,7 @@ How it works
 - In a notebook: `check("box_iou", impl="exercises")` prints the max difference.
 
 `EXERCISES` below is the list; each entry names the module, the function, its checker(s)
-in `tutorial/checks.py` and the hint shown with a wrong answer.
+in `tutorial/checks/` and the hint shown with a wrong answer.
 """
 from __future__ import annotations
 
