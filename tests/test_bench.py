@@ -141,3 +141,13 @@ def test_deformable_encoder_flops_add_the_analytic_sampling_term():
     assert flops["ffn"] == 2 * 2 * (2 * n * 32 * 64)
     with torch.no_grad():
         assert path(feats).shape == (1, n, 32)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path; on a GPU the script runs for minutes")
+def test_gpu_check_exits_cleanly_without_a_gpu():
+    """bench/gpu_check.sh, the one prepared GPU script, does nothing and exits 0 on a CPU-only machine."""
+    import sys
+    out = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), sys.executable], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "no CUDA device visible" in out.stdout
