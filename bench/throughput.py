@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import run_child, write_json  # noqa: E402
 from tutorial import build_model  # noqa: E402
 from tutorial.data.dataset import DetectionDataset, collate  # noqa: E402
-from tutorial.training.train import to_float  # noqa: E402
+from tutorial.training.amp import to_float  # noqa: E402
 
 
 TINY = ["detr_tiny", "deformable_detr_tiny", "conditional_detr_tiny", "dab_detr_tiny", "dn_detr_tiny", "dino_tiny",

@@ -94,7 +94,7 @@ def test_bf16_autocast_keeps_the_losses(small_shapes, name):
     within 3% (measured: under 0.5% on these batches), and `to_float` hands the criterion float32."""
     from tutorial import build_model
     from tutorial.data.dataset import DetectionDataset, collate
-    from tutorial.training.train import to_float
+    from tutorial.training.amp import to_float
 
     torch.manual_seed(0)
     model = build_model(name).eval()  # eval: no dropout; BN uses its running statistics in both

@@ -141,6 +141,7 @@ def cmd_train(args) -> None:
 def cmd_eval(args) -> None:
     from .training.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
     from .data.dataset import DetectionDataset
+    from .training.amp import bf16_warning
     from .training.evaluate import evaluate
 
     ckpt = load_checkpoint(args.checkpoint)  # the checkpoint and the data are checked before building the model
@@ -148,14 +149,19 @@ def cmd_eval(args) -> None:
     val = DetectionDataset(args.data, args.split, num_classes=cfg.num_classes,
                            resize=tuple(args.resize) if args.resize else None)
     model = model_from_checkpoint(ckpt, args.checkpoint, args.model)
-    metrics = evaluate(model, val, args.batch_size, args.workers, progress=not args.no_progress)
+    if args.amp == "bf16" and (warning := bf16_warning("cpu")):
+        print(warning, file=sys.stderr)
+    metrics = evaluate(model, val, args.batch_size, args.workers, progress=not args.no_progress, amp=args.amp)
     print(json.dumps(metrics))
 
 
 def cmd_predict(args) -> None:
+    from .training.amp import bf16_warning
     from .training.predict import PredictConfig, predict
 
     cfg = config_from_args(PredictConfig, args)
+    if cfg.amp == "bf16" and (warning := bf16_warning("cpu")):
+        print(warning, file=sys.stderr)
     results = predict(cfg)
     print(f"{len(results)} detections with score >= {cfg.threshold}")
 
@@ -250,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--resize", type=int, nargs=2, default=None, metavar=("SHORT", "MAX"))
+    p.add_argument("--amp", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: inference under bfloat16 autocast (pays on CPUs with AMX-BF16 or AVX512-BF16)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
 

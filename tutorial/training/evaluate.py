@@ -15,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.dataset import DetectionDataset, collate
+from .amp import autocast, to_float
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -22,17 +23,18 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 @torch.no_grad()
 def predict(model: nn.Module, dataset: DetectionDataset, batch_size: int = 16, workers: int = 0,
             device: torch.device | str = "cpu", progress: bool = True,
-            postprocess_kwargs: dict | None = None) -> tuple[list[dict], list[int]]:
+            postprocess_kwargs: dict | None = None, amp: str = "fp32") -> tuple[list[dict], list[int]]:
     """COCO-format detections [{"image_id", "category_id", "bbox" [x, y, w, h], "score"}] for the
     set (a `DetectionDataset` or a `Subset` of one), and the ids of the images they cover.
-    `postprocess_kwargs` go to `model.postprocess` (e.g. the dense detector's NMS thresholds)."""
+    `postprocess_kwargs` go to `model.postprocess` (e.g. the dense detector's NMS thresholds);
+    `amp="bf16"` runs the forward under bfloat16 autocast (`tutorial.training.amp`)."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=collate)
     results, image_ids = [], []
     for images, mask, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
         sizes = torch.stack([t["orig_size"] for t in targets])  # (B, 2)
-        for t, det in zip(targets, detect(model, images, mask, sizes, device, postprocess_kwargs)):
+        for t, det in zip(targets, detect(model, images, mask, sizes, device, postprocess_kwargs, amp)):
             image_ids.append(int(t["image_id"]))
             results += coco_detections(int(t["image_id"]), det)
     return results, image_ids
@@ -40,12 +42,15 @@ def predict(model: nn.Module, dataset: DetectionDataset, batch_size: int = 16, w
 
 @torch.no_grad()
 def detect(model: nn.Module, images: torch.Tensor, mask: torch.Tensor, sizes: torch.Tensor,
-           device: torch.device | str = "cpu", postprocess_kwargs: dict | None = None) -> list[dict]:
+           device: torch.device | str = "cpu", postprocess_kwargs: dict | None = None,
+           amp: str = "fp32") -> list[dict]:
     """Run `model` on a padded batch, images (B, 3, H, W) and mask (B, H, W) from `collate`, and
     post-process with its own `postprocess`: per image {"boxes" (D, 4) xyxy in pixels of `sizes`
-    (B, 2) = (h, w), "scores" (D,), "labels" (D,)}. Shared by evaluation and `tutorial.predict`."""
-    outputs = model(images.to(device), mask.to(device))
-    return model.postprocess(outputs, sizes.to(device), **(postprocess_kwargs or {}))
+    (B, 2) = (h, w), "scores" (D,), "labels" (D,)}. Shared by evaluation and `tutorial.predict`.
+    `amp="bf16"`: the forward under bfloat16 autocast; post-processing sees float32."""
+    with autocast(device, amp):
+        outputs = model(images.to(device), mask.to(device))
+    return model.postprocess(to_float(outputs), sizes.to(device), **(postprocess_kwargs or {}))
 
 
 def coco_detections(image_id: int, det: dict) -> list[dict]:
@@ -76,9 +81,9 @@ def coco_metrics(coco_gt, results: list[dict], image_ids: list[int] | None = Non
 
 def evaluate(model: nn.Module, dataset: DetectionDataset, batch_size: int = 16, workers: int = 0,
              device: torch.device | str = "cpu", progress: bool = True,
-             postprocess_kwargs: dict | None = None) -> dict[str, float]:
+             postprocess_kwargs: dict | None = None, amp: str = "fp32") -> dict[str, float]:
     """COCO box metrics of `model` on `dataset` (a `DetectionDataset` or a `Subset` of one);
-    `postprocess_kwargs` as in `predict`."""
+    `postprocess_kwargs` and `amp` as in `predict`."""
     base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
-    results, image_ids = predict(model, dataset, batch_size, workers, device, progress, postprocess_kwargs)
+    results, image_ids = predict(model, dataset, batch_size, workers, device, progress, postprocess_kwargs, amp)
     return coco_metrics(base.coco, results, image_ids)

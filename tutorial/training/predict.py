@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -48,6 +49,7 @@ class PredictConfig:
     json: str | None = None
     model: str | None = None  # check the checkpoint against this preset, as `eval --model`
     resize: tuple[int, int] | None = None  # (shorter side, max longer side), as `eval --resize`
+    amp: Literal["fp32", "bf16"] = "fp32"  # "bf16": the forward under bfloat16 autocast, as `train --amp`
 
 
 # --- reading the inputs -----------------------------------------------------------------------
@@ -91,12 +93,12 @@ def to_input(image: Image.Image, resize: tuple[int, int] | None = None) -> Tenso
 
 
 def predict_image(model: nn.Module, image: Image.Image, threshold: float = 0.5,
-                  resize: tuple[int, int] | None = None) -> dict:
+                  resize: tuple[int, int] | None = None, amp: str = "fp32") -> dict:
     """{"boxes" (D, 4) xyxy pixels of `image` (clipped to it), "scores" (D,), "labels" (D,)} with
-    score ≥ threshold."""
+    score ≥ threshold; `amp` as in `evaluate.detect`."""
     images, mask, _ = collate([(to_input(image, resize), {})])  # (1, 3, H, W), (1, H, W)
     sizes = torch.tensor([[image.height, image.width]])  # (1, 2)
-    det = {k: v.cpu() for k, v in detect(model, images, mask, sizes)[0].items()}
+    det = {k: v.cpu() for k, v in detect(model, images, mask, sizes, amp=amp)[0].items()}
     keep = det["scores"] >= threshold  # (Q,)
     det = {k: v[keep] for k, v in det.items()}  # D ≤ Q detections
     # A box may reach past the image (DETR's boxes are not clipped, nor in evaluation): clip it here,
@@ -140,7 +142,7 @@ def predict(cfg: PredictConfig) -> list[dict]:
     results = []
     for image_id, (path, png) in enumerate(zip(inputs, pngs), start=1):
         image = read_image(path)
-        det = predict_image(model, image, cfg.threshold, cfg.resize)
+        det = predict_image(model, image, cfg.threshold, cfg.resize, cfg.amp)
         save_png(draw(image, det, names), png)
         results += coco_detections(image_id, det)
     json_path.parent.mkdir(parents=True, exist_ok=True)

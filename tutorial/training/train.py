@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .amp import bf16_warning
+from .amp import autocast, bf16_warning, to_float
 from .checkpoint import CheckpointError, config_differences, load_checkpoint, save_atomic, saved_config
 from ..data.dataset import DetectionDataset, collate
 from .distributed import all_reduce_mean, barrier, broadcast_buffers, init_distributed, is_main
@@ -105,17 +105,6 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return [{"params": rest, "lr": cfg.lr}, {"params": backbone, "lr": cfg.lr_backbone}]
 
 
-def to_float(x):
-    """Floating-point tensors inside nested dicts/lists/tuples, cast to float32 (after autocast)."""
-    if torch.is_tensor(x):
-        return x.float() if x.is_floating_point() else x
-    if isinstance(x, dict):
-        return {k: to_float(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(to_float(v) for v in x)
-    return x
-
-
 def train_one_epoch(model, criterion, loader, optimizer, scheduler, cfg: TrainConfig, epoch: int,
                     device) -> dict[str, float]:
     """One pass over `loader`; returns the epoch's mean loss terms."""
@@ -127,7 +116,7 @@ def train_one_epoch(model, criterion, loader, optimizer, scheduler, cfg: TrainCo
     for it, (images, mask, targets) in enumerate(bar):
         images, mask = images.to(device), mask.to(device)
         targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+        with autocast(device, cfg.amp):
             outputs = model(images, mask, targets=targets) if uses_targets else model(images, mask)
         losses = criterion(to_float(outputs), targets)
         loss = losses["loss"]
