@@ -192,6 +192,16 @@ def test_dam_target_and_loss_against_brute_force():
         assert torch.allclose(dam_loss(out), F.multilabel_soft_margin_loss(out["token_scores"], target), atol=1e-6)
 
 
+def test_rho_can_be_changed_per_call_and_one_keeps_every_valid_token():
+    model = small().eval()
+    images, mask, _ = padded_batch()
+    with torch.no_grad():
+        counts = [model(images, mask, rho=rho)["num_kept"] for rho in (0.1, 0.5, 1.0)]
+        out = model(images, mask, rho=1.0)
+    assert (counts[0] < counts[1]).all() and (counts[1] < counts[2]).all()
+    assert torch.equal(out["kept_mask"], ~out["padding_mask"])
+
+
 def test_bad_configs_name_the_field():
     with pytest.raises(ConfigError, match="two_stage"):
         small(two_stage=False)

@@ -4,28 +4,30 @@ In Deformable DETR (`tutorial/models/deformable_detr.py`) every one of the N mul
 an encoder query, yet the decoder's deformable cross-attention ends up sampling a small part of
 them. Sparse DETR keeps Deformable DETR (two-stage, box refinement) and adds three things:
 
-1. A scoring network (Sec. 3.2, official `MaskPredictor`) predicts a saliency score s_t for
+1. A scoring network (Sec. 3.3, official `MaskPredictor`) predicts a saliency score s_t for
    every backbone token t, from the token after the two-stage `enc_output` (Linear + LayerNorm)
    and a global average of the image. Only the top ρ fraction of each image's non-padded tokens
    (ρ·n_b, officially floor(ρ·n_b) + 1) are encoder queries (`select_sparse_tokens`); they still
    attend to all N tokens as keys/values, and the others pass through the encoder unchanged:
-       x_t^{(i+1)} = EncLayer_i(x_t^{(i)}, all of x^{(i)})  if t kept,  x_t^{(i)} otherwise.  (Sec. 3.1)
-2. The score's target is the decoder cross-attention map (DAM, Sec. 3.2, Fig. 3): the attention
+       x_t^{(i+1)} = EncLayer_i(x_t^{(i)}, all of x^{(i)})  if t kept,  x_t^{(i)} otherwise.  (Sec. 3.2)
+2. The score's target is the decoder cross-attention map (DAM, Sec. 3.3): the attention
    weights of every decoder layer, head and sampling point, spread onto the tokens by the bilinear
    weights of the sampled location and summed (`decoder_attention_map`); its top ρ tokens are
    labelled 1, the rest 0 (`dam_target`), and the scores are trained with the binary
    cross-entropy, weight 1 (`dam_loss`, official `loss_mask_prediction`). The target carries no
    gradient: the decoder is not asked to change where it looks.
-3. Encoder auxiliary heads (Sec. 3.3): a class head and a box head on the kept tokens after every
-   encoder layer but the last, each box relative to its token's two-stage proposal, trained with
-   the Hungarian loss like a decoder layer ("aux_outputs_enc", terms suffixed "_enc_{i}").
+3. Encoder auxiliary heads (Sec. 3.4, Fig. 3 (b)): a class head and a box head on the kept
+   tokens after every encoder layer but the last, each box relative to its token's two-stage
+   proposal, trained with the Hungarian loss like a decoder layer ("aux_outputs_enc", terms
+   suffixed "_enc_{i}").
 
 Everything else follows the official `configs/r50_sparse_detr_rho_0.1.sh`: box refinement,
 two-stage, ρ = 0.1, and Efficient DETR's query initialisation (`--eff_query_init
---eff_specific_head`): the top-Q proposals are ranked by their best class (not class 0), the
-proposal head is trained with the real classes, the content queries are the selected encoder
-tokens themselves (not detached) and `pos_trans` maps the proposal's sine encoding to C (not 2C)
-channels, the query positions. The official main.py defaults fill the rest (Deformable DETR's).
+--eff_specific_head`, the paper's top-k decoder queries, Sec. 3.4): the top-Q proposals are
+ranked by their best class (not class 0), the proposal head is trained with the real classes,
+the content queries are the selected encoder tokens themselves (not detached) and `pos_trans`
+maps the proposal's sine encoding to C (not 2C) channels, the query positions. The official
+main.py defaults fill the rest (Deformable DETR's).
 Head order as officially: [decoder 0..5, the two-stage proposal head, encoder aux 0..4].
 Official code: kakaobrain/sparse-detr, `models/deformable_transformer.py` (`MaskPredictor`, the
 sparse `DeformableTransformerEncoder`), `models/deformable_detr.py` (`loss_mask_prediction`),
@@ -65,8 +67,9 @@ class SparseDETRConfig(DeformableDETRConfig):
     rho: float = 0.1  # ρ, the fraction of each image's tokens the encoder updates, in (0, 1]
     enc_aux_loss: bool = True  # detection heads + Hungarian loss on the kept tokens of encoder layers 0..L_enc-2
     dam_loss_weight: float = 1.0  # official `mask_prediction_coef`
-    dam_pixel_centres: bool = True  # DAM bilinear weights with pixel centres at (i + 0.5)/W, as the sampler;
-    # False: the official `attn_map_to_flat_grid`, which omits the -0.5 (its map is shifted by half a pixel)
+    # The DAM's bilinear weights with pixel centres at (i + 0.5)/W, as the sampler reads them; False: the
+    # official `attn_map_to_flat_grid`, which omits the -0.5 (its map is shifted by half a pixel).
+    dam_pixel_centres: bool = True
 
 
 # --- 1. the scoring network and the top-ρ selection --------------------------------------------
@@ -74,7 +77,7 @@ class SparseDETRConfig(DeformableDETRConfig):
 
 class ScoringNetwork(nn.Module):
     """s_t = MLP([z_t^local, mean_t' z_t'^global]) with z = GELU(Linear(LN(x))) split in two halves
-    (Sec. 3.2; official `MaskPredictor`: LN, Linear(C, C), GELU, then C -> C/2 -> C/4 -> 1 with GELU).
+    (Sec. 3.3; official `MaskPredictor`: LN, Linear(C, C), GELU, then C -> C/2 -> C/4 -> 1 with GELU).
     The mean runs over all N tokens, padding included, as officially. (B, N, C) -> (B, N) logits."""
 
     def __init__(self, d_model: int):
@@ -102,7 +105,7 @@ def num_sparse_tokens(padding_mask: Tensor, rho: float) -> Tensor:
 
 
 def select_sparse_tokens(scores: Tensor, padding_mask: Tensor, rho: float) -> tuple[Tensor, Tensor]:
-    """The top-ρ tokens of each image by score, padding excluded (Sec. 3.1, Ω_s^ρ).
+    """The top-ρ tokens of each image by score, padding excluded (Sec. 3.2, Ω_s^ρ).
 
     scores (B, N), padding_mask (B, N) -> (kept (B, k) token indices by decreasing score, k = the
     batch's largest count; num_kept (B,)): image b keeps kept[b, :num_kept[b]]; its remaining
@@ -121,7 +124,7 @@ def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
 
 
 class SparseEncoder(DeformableEncoder):
-    """Deformable DETR's encoder layers with only the kept tokens as queries (Sec. 3.1; official
+    """Deformable DETR's encoder layers with only the kept tokens as queries (Sec. 3.2; official
     `DeformableTransformerEncoder` with `topk_inds`). Each layer's values are the whole current
     memory; after the layer the kept tokens are written back into it (scatter)."""
 
@@ -151,7 +154,7 @@ class SparseEncoder(DeformableEncoder):
 
 def decoder_attention_map(sampling: list[tuple[Tensor, Tensor]], spatial_shapes: list[tuple[int, int]],
                           pixel_centres: bool = True) -> Tensor:
-    """The DAM: how much attention the decoder put on each token (Sec. 3.2, official `attn_map_to_flat_grid`).
+    """The DAM: how much attention the decoder put on each token (Sec. 3.3, official `attn_map_to_flat_grid`).
 
     sampling: per decoder layer (locations (B, Q, M, L, P, 2) normalised (x, y), weights
     (B, Q, M, L, P)) -> (B, N): every sample's weight A spread on its four neighbouring pixels by
@@ -178,7 +181,7 @@ def decoder_attention_map(sampling: list[tuple[Tensor, Tensor]], spatial_shapes:
 
 
 def dam_target(dam: Tensor, padding_mask: Tensor, num_kept: Tensor) -> Tensor:
-    """The binarised DAM (Sec. 3.2): 1 on the num_kept[b] tokens of image b with the largest DAM,
+    """The binarised DAM (Sec. 3.3): 1 on the num_kept[b] tokens of image b with the largest DAM,
     padding excluded, 0 elsewhere. dam (B, N), padding_mask (B, N), num_kept (B,) -> (B, N)."""
     dam = dam.masked_fill(padding_mask, float("-inf"))  # (B, N)
     top = dam.topk(int(num_kept.max()), dim=1).indices  # (B, k)
@@ -276,18 +279,21 @@ class SparseDETR(DeformableDETR):
         enc_logits = self.class_embed[head](tokens)  # (B, N, K)
         enc_boxes = self.bbox_embed[head](tokens) + proposals  # (B, N, 4) logit space
         out["enc_outputs"] = {"pred_logits": enc_logits, "pred_boxes": enc_boxes.sigmoid()}
-        topk, _, boxes, tgt = select_top_k(enc_logits, enc_boxes, memory, self.cfg.num_queries)  # (B, Q), ., (B, Q, 4), (B, Q, C)
+        topk, _, boxes, tgt = select_top_k(enc_logits, enc_boxes, memory, self.cfg.num_queries)  # (B, Q), (B, Q, 4), (B, Q, C)
         boxes = boxes.detach()
-        query_pos = self.pos_trans_norm(self.pos_trans(proposal_position_encoding(boxes, memory.shape[-1] // 2)))  # (B, Q, C)
+        sine = proposal_position_encoding(boxes, memory.shape[-1] // 2)  # (B, Q, 2C)
+        query_pos = self.pos_trans_norm(self.pos_trans(sine))  # (B, Q, C)
         out["proposal_indices"] = topk
         return tgt, query_pos, boxes.sigmoid()
 
-    def forward(self, images: Tensor, mask: Tensor, return_intermediates: bool = False) -> dict:
+    def forward(self, images: Tensor, mask: Tensor, return_intermediates: bool = False,
+                rho: float | None = None) -> dict:
+        """`rho` overrides cfg.rho for this call (e.g. to draw the kept tokens of one model at several ρ)."""
         levels = self.input_proj(self.backbone(images, mask), mask)  # L x ((B, C, H_l, W_l), (B, H_l, W_l))
         src, padding, shapes, ratios = flatten_levels(levels)  # (B, N, C), (B, N), [(H_l, W_l)], (B, L, 2)
         pos = level_positions(levels, self.position_encoding, self.level_embed)  # (B, N, C)
         scores, proposals = self.score_tokens(src, pos, padding, shapes)  # (B, N), (B, N, 4)
-        kept, num_kept = select_sparse_tokens(scores, padding, self.cfg.rho)  # (B, k), (B,)
+        kept, num_kept = select_sparse_tokens(scores, padding, self.cfg.rho if rho is None else rho)  # (B, k), (B,)
         memory, enc_ref, states, enc_sampling = self.encoder(src, pos, shapes, ratios, padding, kept, num_kept,
                                                              return_intermediates)  # (B, N, C)
         out: dict = {}
