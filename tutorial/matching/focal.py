@@ -57,21 +57,24 @@ def focal_class_loss(pred_logits: Tensor, targets: list[dict], indices, num_boxe
 class FocalSetCriterion(SetCriterion):
     """DETR's set criterion with the focal class loss, plus Deformable DETR's two-stage loss: when the
     outputs carry "enc_outputs" (the encoder's proposals), those are trained class-agnostically
-    (every target relabelled 0), terms suffixed "_enc"."""
+    (every target relabelled 0), terms suffixed "_enc". With `class_agnostic_enc=False` they keep
+    their classes (Efficient DETR's class-specific proposal head, used by Sparse DETR)."""
 
-    def __init__(self, matcher: HungarianMatcher, weights: LossWeights, alpha: float):
+    def __init__(self, matcher: HungarianMatcher, weights: LossWeights, alpha: float, class_agnostic_enc: bool = True):
         super().__init__(matcher, weights)
         self.alpha = alpha
+        self.class_agnostic_enc = class_agnostic_enc
 
     def class_loss(self, pred_logits, targets, indices, num_boxes):
         return focal_class_loss(pred_logits, targets, indices, num_boxes, self.alpha)
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         losses = super().forward(outputs, targets)
-        if "enc_outputs" in outputs:  # two-stage: proposals are trained class-agnostically
+        if "enc_outputs" in outputs:  # two-stage: proposals are trained class-agnostically (by default)
             num_boxes = num_boxes_across_processes(targets, outputs["pred_logits"].device)
-            binary = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
-            terms = self.layer_loss(outputs["enc_outputs"], binary, num_boxes)
+            if self.class_agnostic_enc:
+                targets = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
+            terms = self.layer_loss(outputs["enc_outputs"], targets, num_boxes)
             losses["loss"] = losses["loss"] + self.weighted_sum(terms)
             losses.update({f"{k}_enc": v for k, v in terms.items()})
         return losses

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from . import conditional_detr, dab_detr, deformable_detr, dense_detector, detr, dino, dn_detr, rt_detr
-from . import mamba_detector
+from . import mamba_detector, sparse_detr
 from ..errors import ConfigError, UnknownModelError
 
 PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
@@ -29,6 +29,8 @@ PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
     "dab_detr_tiny": (dab_detr.DABDETR, dab_detr.dab_detr_tiny),
     "dn_detr_r50": (dn_detr.DNDETR, dn_detr.dn_detr_r50),
     "dn_detr_tiny": (dn_detr.DNDETR, dn_detr.dn_detr_tiny),
+    "sparse_detr_r50": (sparse_detr.SparseDETR, sparse_detr.sparse_detr_r50),
+    "sparse_detr_tiny": (sparse_detr.SparseDETR, sparse_detr.sparse_detr_tiny),
     "dino_4scale_r50": (dino.DINO, dino.dino_4scale_r50),
     "dino_tiny": (dino.DINO, dino.dino_tiny),
     "rtdetr_r50": (rt_detr.RTDETR, rt_detr.rtdetr_r50),

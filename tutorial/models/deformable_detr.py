@@ -124,13 +124,7 @@ class DeformableDETR(nn.Module):
         tgt, query_pos, reference = self.queries(memory, padding, shapes, out)
         hs, refs, dec_sampling = self.decoder(tgt, reference, memory, shapes, ratios, padding, query_pos,
                                               return_sampling=return_intermediates)  # (L_dec, B, Q, C), [(B, Q, 2|4)]
-        logits, boxes = [], []
-        for lid in range(hs.shape[0]):  # each layer's box is relative to that layer's reference
-            delta = self.bbox_embed[lid](hs[lid])  # (B, Q, 4)
-            ref = inverse_sigmoid(refs[lid])
-            delta = delta + ref if ref.shape[-1] == 4 else torch.cat([delta[..., :2] + ref, delta[..., 2:]], -1)
-            logits.append(self.class_embed[lid](hs[lid]))  # (B, Q, K)
-            boxes.append(delta.sigmoid())  # (B, Q, 4)
+        logits, boxes = self.layer_predictions(hs, refs)
         out.update(pred_logits=logits[-1], pred_boxes=boxes[-1])
         if self.cfg.aux_loss:
             out["aux_outputs"] = [{"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(logits[:-1], boxes[:-1])]
@@ -139,6 +133,18 @@ class DeformableDETR(nn.Module):
                        encoder_sampling=enc_sampling, decoder_sampling=dec_sampling,
                        level_masks=[m for _, m in levels], layer_boxes=torch.stack(boxes))
         return out
+
+    def layer_predictions(self, hs: Tensor, refs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """hs (L_dec, B, Q, C) and each layer's reference [(B, Q, 2|4)] -> per layer class logits
+        (B, Q, K) and boxes (B, Q, 4) in [0, 1], each box predicted relative to its layer's reference."""
+        logits, boxes = [], []
+        for lid in range(hs.shape[0]):
+            delta = self.bbox_embed[lid](hs[lid])  # (B, Q, 4)
+            ref = inverse_sigmoid(refs[lid])
+            delta = delta + ref if ref.shape[-1] == 4 else torch.cat([delta[..., :2] + ref, delta[..., 2:]], -1)
+            logits.append(self.class_embed[lid](hs[lid]))  # (B, Q, K)
+            boxes.append(delta.sigmoid())  # (B, Q, 4)
+        return logits, boxes
 
     def build_criterion(self) -> FocalSetCriterion:
         return FocalSetCriterion(focal_matcher(self.cfg.matcher, self.cfg.focal_alpha), self.cfg.loss,

@@ -77,9 +77,12 @@ class DeformableEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.d_model)
         self.dropout1, self.dropout2 = nn.Dropout(cfg.dropout), nn.Dropout(cfg.dropout)
 
-    def forward(self, src, pos, reference_points, spatial_shapes, padding_mask):
-        """src, pos (B, N, C), reference_points (B, N, L, 2) -> (src (B, N, C), locations, weights)."""
-        out, loc, w = self.self_attn(with_pos(src, pos), reference_points, src, spatial_shapes, padding_mask)
+    def forward(self, src, pos, reference_points, spatial_shapes, padding_mask, value=None):
+        """src, pos (B, N, C), reference_points (B, N, L, 2) -> (src (B, N, C), locations, weights).
+        `value` (B, N_v, C), default `src`: the tokens attended to when only some of them are the
+        queries (Sparse DETR: src is then the (B, k, C) kept tokens, value all N of them)."""
+        value = src if value is None else value
+        out, loc, w = self.self_attn(with_pos(src, pos), reference_points, value, spatial_shapes, padding_mask)
         src = self.norm1(src + self.dropout1(out))
         src = self.norm2(src + self.dropout2(self.ffn(src)))
         return src, loc, w
