@@ -1,15 +1,16 @@
 """Lite DETR (Li et al., CVPR 2023): an interleaved multi-scale encoder for efficient DETR, on DINO.
 
 A 4-level encoder spends most of its work on the largest map: at strides 8, 16, 32, 64 the
-stride-8 level holds about 75% of the tokens (Sec. 3.1). Lite DETR splits the levels into
+stride-8 level holds about 75% of the tokens (the paper's abstract). Lite DETR splits the levels into
 *high-level* tokens (the small maps, strides 16-64: few tokens, rich semantics) and *low-level*
 tokens (the large stride-8 map: many tokens, local detail) and updates them at different rates:
 
-1. Interleaved update (Sec. 3.2, Fig. 2). The encoder is B blocks of A + 1 layers. In the first
+1. Interleaved update (Fig. 2). The encoder is B blocks of A + 1 layers. In the first
    A layers of a block only the high-level tokens are queries (Sec. 3.4, Fig. 2 (a)): they attend
    to all levels, the low-level ones included, but the low-level tokens are not updated (they pass
-   through bitwise unchanged). The block's last layer updates every token, so the low-level ones
-   fuse the refreshed high-level features (Sec. 3.5, Fig. 2 (b)). Officially (`enc_scale=3`,
+   through bitwise unchanged). The block's last layer updates the low-level tokens, which fuse the
+   refreshed high-level features (Sec. 3.5, Fig. 2 (b)); in the official code its queries are all
+   tokens, so the high-level ones are updated once more there too, as here. Officially (`enc_scale=3`,
    `num_expansion=3`, 6 layers) A = 1, B = 3: high, all, high, all, high, all (`encoder_schedule`,
    `LiteDINO.schedule`, plain data a notebook can draw).
 2. Key-aware deformable attention (Sec. 3.3, `tutorial/ops/key_aware_attention.py`): the weights
@@ -31,8 +32,9 @@ Official code: IDEA-Research/Lite-DETR, `models/dino/deformable_transformer.py`
 
 Glossary (code -> paper): high_levels = the official `enc_scale` (how many of the smallest maps are
 high-level, S1-S3 in Fig. 2); num_blocks = B (`num_expansion`); A = num_encoder_layers / B - 1
-high-level updates per block; schedule[i] = the levels layer i updates. B batch, N tokens, N_low
-low-level tokens (they come first in the flattened order), L levels, C width.
+high-level updates per block; schedule[i] = the levels layer i updates. In shape comments B is the
+batch, N tokens, N_q a layer's queries, N_low low-level tokens (they come first in the flattened
+order), L levels, C width.
 """
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ class LiteDINOConfig(DINOConfig):
 
 
 def encoder_schedule(num_layers: int, num_blocks: int, num_levels: int, high_levels: int) -> list[tuple[int, ...]]:
-    """Which levels each encoder layer updates (Sec. 3.2): B = num_blocks blocks of
+    """Which levels each encoder layer updates (Fig. 2): B = num_blocks blocks of
     A = num_layers / B - 1 layers updating only the high levels (the last `high_levels`), then one
     updating all levels (official: layer i is all-level when (i + 1) % (num_layers / B) == 0).
     E.g. (6, 3, 4, 3) -> [(1, 2, 3), (0, 1, 2, 3)] * 3."""
