@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from . import conditional_detr, dab_detr, deformable_detr, dense_detector, detr, dino, dn_detr, rt_detr
-from . import mamba_detector, sparse_detr
+from . import lite_detr, mamba_detector, sparse_detr
 from ..errors import ConfigError, UnknownModelError
 
 PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
@@ -33,6 +33,8 @@ PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
     "sparse_detr_tiny": (sparse_detr.SparseDETR, sparse_detr.sparse_detr_tiny),
     "dino_4scale_r50": (dino.DINO, dino.dino_4scale_r50),
     "dino_tiny": (dino.DINO, dino.dino_tiny),
+    "lite_dino_4scale_r50": (lite_detr.LiteDINO, lite_detr.lite_dino_4scale_r50),
+    "lite_dino_tiny": (lite_detr.LiteDINO, lite_detr.lite_dino_tiny),
     "rtdetr_r50": (rt_detr.RTDETR, rt_detr.rtdetr_r50),
     "rtdetr_r18": (rt_detr.RTDETR, rt_detr.rtdetr_r18),
     "rtdetr_tiny": (rt_detr.RTDETR, rt_detr.rtdetr_tiny),

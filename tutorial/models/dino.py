@@ -303,8 +303,8 @@ class DINO(DINOBase):
         c = tc.d_model
         self.backbone, self.input_proj, self.position_encoding, self.level_embed = multiscale_front_end(
             cfg.backbone, c, tc.num_levels, cfg.position_temperature)
-        self.encoder = DeformableEncoder(tc)
-        self.decoder = DINODecoder(tc)
+        self.encoder = self.build_encoder(tc)
+        self.decoder = self.build_decoder(tc)
         self.tgt_embed = nn.Embedding(cfg.num_queries, c)  # the learned content queries
         for p in chain(self.encoder.parameters(), self.decoder.parameters(), self.tgt_embed.parameters()):
             if p.dim() > 1:  # official DeformableTransformer._reset_parameters
@@ -317,6 +317,14 @@ class DINO(DINOBase):
         self.label_embed = nn.Embedding(cfg.num_classes + 1, c)  # denoising content (official label_enc)
         self.class_embed = init_focal_head(nn.Linear(c, cfg.num_classes))  # shared by all decoder layers
         self.bbox_embed = nn.ModuleList([zero_box_head(MLP(c, c, 4, 3))] * tc.num_decoder_layers)  # one head, shared
+
+    def build_encoder(self, tc: DeformableTransformerConfig) -> nn.Module:
+        """Deformable DETR's encoder (Lite DINO, `tutorial/models/lite_detr.py`, replaces it)."""
+        return DeformableEncoder(tc)
+
+    def build_decoder(self, tc: DeformableTransformerConfig) -> DINODecoder:
+        """The anchor-box decoder (Lite DINO makes its cross-attention key-aware)."""
+        return DINODecoder(tc)
 
     def matching_queries(self, selection: Selection, batch_size: int) -> tuple[Tensor, Tensor]:
         """Mixed query selection: (content (B, Q, C) learned, anchors (B, Q, 4) logit space: the

@@ -139,6 +139,16 @@ class MSDeformAttn(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """The official `_reset_parameters`: offsets on a ring (`reset_sampling_offsets`), uniform A
+        (zero weights and bias), Xavier projections with zero bias."""
+        self.reset_sampling_offsets()
+        nn.init.constant_(self.attention_weights.weight, 0.0)  # uniform A over the L·P points
+        nn.init.constant_(self.attention_weights.bias, 0.0)
+        for proj in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.constant_(proj.bias, 0.0)
+
+    def reset_sampling_offsets(self) -> None:
         """Offsets start at fixed points on a ring, one direction per head (official `_reset_parameters`):
         head m points towards angle 2πm/M, and point k of every level sits k+1 pixels out."""
         nn.init.constant_(self.sampling_offsets.weight, 0.0)
@@ -149,29 +159,31 @@ class MSDeformAttn(nn.Module):
         grid = grid * torch.arange(1, self.n_points + 1, dtype=torch.float32)[None, None, :, None]  # k+1 px out
         with torch.no_grad():
             self.sampling_offsets.bias.copy_(grid.flatten())
-        nn.init.constant_(self.attention_weights.weight, 0.0)  # uniform A over the L·P points
-        nn.init.constant_(self.attention_weights.bias, 0.0)
-        nn.init.xavier_uniform_(self.value_proj.weight)
-        nn.init.constant_(self.value_proj.bias, 0.0)
-        nn.init.xavier_uniform_(self.output_proj.weight)
-        nn.init.constant_(self.output_proj.bias, 0.0)
 
-    def forward(self, query: Tensor, reference_points: Tensor, value_input: Tensor,
-                spatial_shapes: list[tuple[int, int]], padding_mask: Tensor | None = None):
-        b, q, _ = query.shape
-        m, lv, p = self.n_heads, self.n_levels, self.n_points
+    def project_values(self, value_input: Tensor, padding_mask: Tensor | None) -> Tensor:
+        """value_input (B, N, C) -> W'x per head (B, N, M, d), zero on padded pixels."""
         value = self.value_proj(value_input)  # (B, N, C)
         if padding_mask is not None:
             value = value.masked_fill(padding_mask[..., None], 0.0)  # padded pixels carry nothing
-        value = rearrange(value, "b n (m d) -> b n m d", m=m)  # (B, N, M, d)
+        return rearrange(value, "b n (m d) -> b n m d", m=self.n_heads)  # (B, N, M, d)
+
+    def sampling_locations(self, query: Tensor, reference_points: Tensor,
+                           spatial_shapes: list[tuple[int, int]]) -> Tensor:
+        """p̂_q + Δp_mlqk: query (B, Q, C), reference_points (B, Q, L, 2 or 4) -> (B, Q, M, L, P, 2)."""
+        m, lv, p = self.n_heads, self.n_levels, self.n_points
         offsets = rearrange(self.sampling_offsets(query), "b q (m l p xy) -> b q m l p xy", m=m, l=lv, p=p)  # (B, Q, M, L, P, 2)
-        weights = rearrange(self.attention_weights(query), "b q (m lp) -> b q m lp", m=m)  # (B, Q, M, L·P)
-        weights = rearrange(weights.softmax(-1), "b q m (l p) -> b q m l p", l=lv)  # (B, Q, M, L, P): Σ_lp A = 1
         if reference_points.shape[-1] == 2:  # points: offsets are in pixels of each level
             normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)  # (L, 2)
-            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        else:  # boxes (cx, cy, w, h): offsets in units of the box, as with iterative refinement
-            locations = (reference_points[:, :, None, :, None, :2]
-                         + offsets / p * reference_points[:, :, None, :, None, 2:] * 0.5)  # (B, Q, M, L, P, 2)
+            return reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        # boxes (cx, cy, w, h): offsets in units of the box, as with iterative refinement
+        return (reference_points[:, :, None, :, None, :2]
+                + offsets / p * reference_points[:, :, None, :, None, 2:] * 0.5)  # (B, Q, M, L, P, 2)
+
+    def forward(self, query: Tensor, reference_points: Tensor, value_input: Tensor,
+                spatial_shapes: list[tuple[int, int]], padding_mask: Tensor | None = None):
+        value = self.project_values(value_input, padding_mask)  # (B, N, M, d)
+        weights = rearrange(self.attention_weights(query), "b q (m lp) -> b q m lp", m=self.n_heads)  # (B, Q, M, L·P)
+        weights = rearrange(weights.softmax(-1), "b q m (l p) -> b q m l p", l=self.n_levels)  # (B, Q, M, L, P): Σ_lp A = 1
+        locations = self.sampling_locations(query, reference_points, spatial_shapes)  # (B, Q, M, L, P, 2)
         out = self.core(value, spatial_shapes, locations, weights)  # (B, Q, C)
         return self.output_proj(out), locations, weights
