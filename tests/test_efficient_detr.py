@@ -50,7 +50,8 @@ def test_padded_batch_shapes_and_a_training_step(share_heads):
     assert [tuple(s) for s in out["spatial_shapes"]] == [(12, 14), (6, 7), (3, 4), (2, 2)]
     assert out["pred_logits"].shape == (2, 6, 6) and out["pred_boxes"].shape == (2, 6, 4)
     assert out["aux_outputs"] == []  # one decoder layer: no auxiliary layer
-    assert out["dense_outputs"]["pred_logits"].shape == (2, n, 6) and out["dense_outputs"]["pred_boxes"].shape == (2, n, 4)
+    dense = out["dense_outputs"]
+    assert dense["pred_logits"].shape == (2, n, 6) and dense["pred_boxes"].shape == (2, n, 4)
     prop = out["proposals"]
     assert prop["boxes"].shape == (2, 6, 4) and prop["scores"].shape == (2, 6) and prop["indices"].shape == (2, 6)
     assert out["layer_boxes"].shape == (1, 2, 6, 4) and torch.equal(out["layer_boxes"][-1], out["pred_boxes"])
@@ -61,7 +62,8 @@ def test_padded_batch_shapes_and_a_training_step(share_heads):
     losses["loss"].backward()
     missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
-    dense_head = [model.class_embed[-1].weight, model.bbox_embed[-1].layers[-1].weight]  # layers[-1]: the zero-initialised layer blocks the earlier ones
+    # the box head's last layer: zero-initialised, it blocks the gradient to the earlier ones at first
+    dense_head = [model.class_embed[-1].weight, model.bbox_embed[-1].layers[-1].weight]
     sparse = [model.decoder.layers[0].cross_attn.value_proj.weight, model.class_embed[0].weight]
     assert all(p.grad.abs().sum() > 0 for p in dense_head + sparse)
 
@@ -74,9 +76,15 @@ def test_each_part_has_its_own_loss():
     losses = model.build_criterion()(out, targets)
     dense = sum(losses[f"{k}_dense"] * w for k, w in [("loss_ce", 2.0), ("loss_bbox", 5.0), ("loss_giou", 2.0)])
     dense.backward(retain_graph=True)
-    assert model.class_embed[1].weight.grad.abs().sum() > 0 and model.bbox_embed[1].layers[-1].weight.grad.abs().sum() > 0
+    assert model.class_embed[1].weight.grad.abs().sum() > 0
+    assert model.bbox_embed[1].layers[-1].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.decoder.parameters())
-    assert torch.allclose(losses["loss"], dense + 2 * losses["loss_ce"] + 5 * losses["loss_bbox"] + 2 * losses["loss_giou"])
+    sparse = 2 * losses["loss_ce"] + 5 * losses["loss_bbox"] + 2 * losses["loss_giou"]
+    assert torch.allclose(losses["loss"], dense + sparse)
+    dense_grad = model.class_embed[1].weight.grad.clone()
+    sparse.backward()  # the reference is detached and the selection is an index: the dense head is untouched
+    assert all(p.grad is not None for p in model.decoder.parameters())
+    assert torch.equal(model.class_embed[1].weight.grad, dense_grad)
 
 
 def test_decoder_starts_from_the_top_k_dense_boxes_and_encoder_features():
