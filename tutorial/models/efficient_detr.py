@@ -60,7 +60,7 @@ class EfficientDETRConfig:
         return_layers=("layer2", "layer3", "layer4")))
     transformer: DeformableTransformerConfig = field(default_factory=lambda: DeformableTransformerConfig(
         num_encoder_layers=3, num_decoder_layers=1))
-    share_heads: bool = True  # (choice) one class head and one box head for the dense and sparse parts
+    share_heads: bool = True  # one class and one box head for both parts (our reading of Sec. 4); False: a pair each
     aux_loss: bool = True  # auxiliary losses of the decoder layers before the last (none with 1 layer)
     focal_alpha: float = 0.25
     matcher: MatcherWeights = field(default_factory=lambda: MatcherWeights(cost_class=2.0))
