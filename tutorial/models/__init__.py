@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from . import conditional_detr, dab_detr, deformable_detr, dense_detector, detr, dino, dn_detr, rt_detr
-from . import lite_detr, mamba_detector, sparse_detr
+from . import efficient_detr, lite_detr, mamba_detector, sparse_detr
 from ..errors import ConfigError, UnknownModelError
 
 PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
@@ -23,6 +23,8 @@ PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
     "deformable_detr_r50_refine": (deformable_detr.DeformableDETR, deformable_detr.deformable_detr_r50_refine),
     "deformable_detr_r50_two_stage": (deformable_detr.DeformableDETR, deformable_detr.deformable_detr_r50_two_stage),
     "deformable_detr_tiny": (deformable_detr.DeformableDETR, deformable_detr.deformable_detr_tiny),
+    "efficient_detr_r50": (efficient_detr.EfficientDETR, efficient_detr.efficient_detr_r50),
+    "efficient_detr_tiny": (efficient_detr.EfficientDETR, efficient_detr.efficient_detr_tiny),
     "conditional_detr_r50": (conditional_detr.ConditionalDETR, conditional_detr.conditional_detr_r50),
     "conditional_detr_tiny": (conditional_detr.ConditionalDETR, conditional_detr.conditional_detr_tiny),
     "dab_detr_r50": (dab_detr.DABDETR, dab_detr.dab_detr_r50),
