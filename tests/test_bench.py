@@ -151,3 +151,36 @@ def test_gpu_check_exits_cleanly_without_a_gpu():
                          text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "no CUDA device visible" in out.stdout
+
+
+@pytest.mark.slow
+def test_vs_transformers_quick_writes_every_work_item(tmp_path):
+    """bench/vs_transformers.py --quick (tiny shapes, one repeat, in one process): every work item
+    in the JSON, the parameter counts checked equal, outputs equal at equal weights, ratios > 0."""
+    import json
+    import sys
+
+    pytest.importorskip("transformers")
+    from bench.vs_transformers import MODELS, TRAIN_MODELS, TOLERANCE
+
+    out = tmp_path / "vs.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "vs_transformers.py"), "--quick", "--skip-cpu-op",
+                          "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert out.with_suffix(".png").exists()
+    assert set(report["inference"]) == set(MODELS) and set(report["training"]) == set(TRAIN_MODELS)
+    assert "attention" in report and "detr" in report["flops"] and report["peak"]["measured_mm_GFLOPs"]["fp32"] > 0
+    for item in ("inference", "training"):
+        for name, r in report[item].items():
+            assert r["parameters"]["equal"] and r["parameters"]["ours"] == r["parameters"]["transformers"], (item, name)
+            assert set(r["ratios"]) >= {"fp32", "bf16"}, (item, name, r["errors"])
+    for r in report["inference"].values():
+        assert max(r["max_abs_difference"].values()) < TOLERANCE
+    assert max(max(d.values()) for d in report["attention"]["max_abs_difference"].values()) < 1e-3
+    ratios = [v for r in [*report["inference"].values(), *report["training"].values()] for v in r["ratios"].values()]
+    ratios += [v for p in ("forward", "forward+backward") for v in report["attention"][p]["ratios"].values()]
+    assert ratios and all(isinstance(v, float) and v > 0 for v in ratios)
+    flops = report["flops"]["detr"]
+    assert all(flops["flops"][p] > 0 for p in flops["parts"])
+    assert all(flops[d]["GFLOPs_per_s"][p] > 0 for d in ("fp32", "bf16") for p in flops["parts"])
