@@ -14,6 +14,7 @@ from torch import nn
 
 from . import conditional_detr, dab_detr, deformable_detr, dense_detector, detr, dino, dn_detr, rt_detr
 from . import mamba_detector
+from . import anchor_detr
 from ..errors import ConfigError, UnknownModelError
 
 PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
@@ -27,6 +28,8 @@ PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
     "conditional_detr_tiny": (conditional_detr.ConditionalDETR, conditional_detr.conditional_detr_tiny),
     "dab_detr_r50": (dab_detr.DABDETR, dab_detr.dab_detr_r50),
     "dab_detr_tiny": (dab_detr.DABDETR, dab_detr.dab_detr_tiny),
+    "anchor_detr_r50": (anchor_detr.AnchorDETR, anchor_detr.anchor_detr_r50),
+    "anchor_detr_tiny": (anchor_detr.AnchorDETR, anchor_detr.anchor_detr_tiny),
     "dn_detr_r50": (dn_detr.DNDETR, dn_detr.dn_detr_r50),
     "dn_detr_tiny": (dn_detr.DNDETR, dn_detr.dn_detr_tiny),
     "dino_4scale_r50": (dino.DINO, dino.dino_4scale_r50),
