@@ -180,11 +180,12 @@ def rcda_map(attn_row: Tensor, attn_col: Tensor) -> Tensor:
 
 
 class PixelPositions(NamedTuple):
-    """The pixels' positional encodings of a feature map: pos_row (B, W, C) g_1D of each column's x,
-    pos_col (B, H, C) g_1D of each row's y, pos_2d (B, H, W, C) g(Pos(x, y)) (standard attention)."""
+    """The pixels' positional encodings of a feature map: with RCDA row (B, W, C) g_1D of each
+    column's x and col (B, H, C) g_1D of each row's y; with standard attention pos_2d (B, H, W, C)
+    g(Pos(x, y)), the anchor points' encoding of every pixel centre. The others are None."""
 
-    row: Tensor
-    col: Tensor
+    row: Tensor | None
+    col: Tensor | None
     pos_2d: Tensor | None
 
 
@@ -256,11 +257,12 @@ class AnchorDecoderLayer(nn.Module):
 
 
 class QueryPositions(NamedTuple):
-    """An anchor point's encodings: pos_2d (B, Q, C) Q_p = g(Pos(x, y)); x, y (B, Q, C) g_1D of x and of y."""
+    """An anchor point's encodings: pos_2d (B, Q, C) Q_p = g(Pos(x, y)); x, y (B, Q, C) g_1D of x and
+    of y (RCDA only, else None)."""
 
     pos_2d: Tensor
-    x: Tensor
-    y: Tensor
+    x: Tensor | None
+    y: Tensor | None
 
 
 # --- the model -------------------------------------------------------------------------------
@@ -290,7 +292,8 @@ class AnchorDETR(nn.Module):
         self.patterns = nn.Embedding(cfg.num_patterns, c)  # content queries, one per pattern
         self.anchor_points = nn.Embedding(cfg.num_anchor_points, 2)  # (x, y), used as is (no sigmoid)
         nn.init.uniform_(self.anchor_points.weight, 0, 1)
-        self.adapt_pos2d, self.adapt_pos1d = adapter(c), adapter(c)
+        self.adapt_pos2d = adapter(c)  # g: Q_p = g(Pos(x, y))
+        self.adapt_pos1d = adapter(c) if cfg.attention == "rcda" else None  # g_1D, for RCDA's rows and columns
         self.class_embed = init_focal_head(nn.Linear(c, cfg.num_classes))  # shared by all layers
         self.bbox_embed = zero_box_head(MLP(c, c, 4, 3))  # shared by all layers
         nn.init.constant_(self.bbox_embed.layers[-1].bias[2:], -2.0)  # first boxes: w = h = σ(-2) ≈ 0.12
@@ -308,20 +311,21 @@ class AnchorDETR(nn.Module):
     def query_positions(self, points: Tensor) -> QueryPositions:
         """points (B, Q, 2) (x, y) -> their 2-D and 1-D encodings (official `pos2posemb2d`, `pos2posemb1d`)."""
         c = self.cfg.transformer.d_model
-        return QueryPositions(self.adapt_pos2d(anchor_position_encoding(points, c // 2)),  # (B, Q, C)
-                              self.adapt_pos1d(sine_encoding_1d(points[..., 0], c)),  # (B, Q, C)
+        pos_2d = self.adapt_pos2d(anchor_position_encoding(points, c // 2))  # (B, Q, C)
+        if self.adapt_pos1d is None:  # standard attention: Q_p only
+            return QueryPositions(pos_2d, None, None)
+        return QueryPositions(pos_2d, self.adapt_pos1d(sine_encoding_1d(points[..., 0], c)),  # (B, Q, C)
                               self.adapt_pos1d(sine_encoding_1d(points[..., 1], c)))  # (B, Q, C)
 
     def pixel_positions(self, mask: Tensor) -> PixelPositions:
         """mask (B, H, W) -> the pixels' encodings, from the same sinusoids and MLPs as the queries'."""
         c = self.cfg.transformer.d_model
         y, x = pixel_centres(mask)  # (B, H), (B, W)
-        pos_2d = None
-        if self.cfg.attention == "standard":
-            grid = torch.stack(torch.broadcast_tensors(x[:, None, :], y[:, :, None]), -1)  # (B, H, W, 2) (x, y)
-            pos_2d = self.adapt_pos2d(anchor_position_encoding(grid, c // 2))  # (B, H, W, C)
-        return PixelPositions(self.adapt_pos1d(sine_encoding_1d(x, c)),  # (B, W, C)
-                              self.adapt_pos1d(sine_encoding_1d(y, c)), pos_2d)  # (B, H, C)
+        if self.adapt_pos1d is not None:  # RCDA: one encoding per column and one per row
+            return PixelPositions(self.adapt_pos1d(sine_encoding_1d(x, c)),  # (B, W, C)
+                                  self.adapt_pos1d(sine_encoding_1d(y, c)), None)  # (B, H, C)
+        grid = torch.stack(torch.broadcast_tensors(x[:, None, :], y[:, :, None]), -1)  # (B, H, W, 2) (x, y)
+        return PixelPositions(None, None, self.adapt_pos2d(anchor_position_encoding(grid, c // 2)))  # (B, H, W, C)
 
     # --- forward ------------------------------------------------------------------------------
 
