@@ -105,9 +105,12 @@ def full_2d_attention_loop(attn: RowColumnAttention, query_row, query_col, key_r
     _, h, w, _ = value.shape
     m = attn.num_heads
     d = c // m
-    qr, qc = F.linear(query_row, attn.q_row.weight, attn.q_row.bias), F.linear(query_col, attn.q_col.weight, attn.q_col.bias)
-    kr, kc = F.linear(key_row, attn.k_row.weight, attn.k_row.bias), F.linear(key_col, attn.k_col.weight, attn.k_col.bias)
-    v = F.linear(value, attn.v_proj.weight, attn.v_proj.bias)
+    def proj(lin, x):
+        return F.linear(x, lin.weight, lin.bias)
+
+    qr, qc = proj(attn.q_row, query_row), proj(attn.q_col, query_col)
+    kr, kc = proj(attn.k_row, key_row), proj(attn.k_col, key_col)
+    v = proj(attn.v_proj, value)
     out = torch.zeros(b, q, c, dtype=value.dtype)
     weights = torch.zeros(b, m, q, h, w, dtype=value.dtype)
     for bi in range(b):
@@ -118,7 +121,8 @@ def full_2d_attention_loop(attn: RowColumnAttention, query_row, query_col, key_r
                 for y in range(h):
                     for x in range(w):
                         if not mask[bi, y, x]:
-                            logits[y, x] = (qr[bi, qi, s] @ kr[bi, y, x, s] + qc[bi, qi, s] @ kc[bi, y, x, s]) / math.sqrt(d)
+                            dot = qr[bi, qi, s] @ kr[bi, y, x, s] + qc[bi, qi, s] @ kc[bi, y, x, s]
+                            logits[y, x] = dot / math.sqrt(d)
                 a = logits.flatten().softmax(0).reshape(h, w)
                 weights[bi, mi, qi] = a
                 out[bi, qi, s] = (a[..., None] * v[bi, :, :, s]).sum((0, 1))
@@ -166,11 +170,13 @@ def test_positions_are_pixel_centres_over_the_valid_part():
     mask[0, 2:, :] = True
     mask[0, :, 3:] = True
     y, x = pixel_centres(mask)
-    assert torch.allclose(y[0, :2], torch.tensor([0.25, 0.75])) and torch.allclose(x[0, :3], torch.tensor([1, 3, 5]) / 6)
+    assert torch.allclose(y[0, :2], torch.tensor([0.25, 0.75]))
+    assert torch.allclose(x[0, :3], torch.tensor([1, 3, 5]) / 6)
     # the 1-D encoding is one block of the 2-D one: PE(x, y) = Cat(PE(y), PE(x))
     pts = torch.rand(5, 2)
     pe = anchor_position_encoding(pts, 16)
-    assert torch.allclose(pe[:, 16:], sine_encoding_1d(pts[:, 0], 16)) and torch.allclose(pe[:, :16], sine_encoding_1d(pts[:, 1], 16))
+    assert torch.allclose(pe[:, 16:], sine_encoding_1d(pts[:, 0], 16))
+    assert torch.allclose(pe[:, :16], sine_encoding_1d(pts[:, 1], 16))
 
 
 def test_config_errors_name_the_field():

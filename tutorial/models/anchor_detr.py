@@ -53,9 +53,10 @@ from ..matching.matcher import MatcherWeights
 from ..ops.attention import MultiHeadAttention
 from ..ops.mlp import MLP
 from ..ops.position_encoding import anchor_position_encoding
-from .backbone import Backbone, BackboneConfig, tiny_backbone
+from .backbone import Backbone, BackboneConfig
 from .heads import init_focal_head, inverse_sigmoid, topk_detections, zero_box_head
-from .transformer import FFN, TransformerConfig, tiny_transformer
+from .tiny import detr_tiny_sizes
+from .transformer import FFN, TransformerConfig
 
 ATTENTIONS = ("rcda", "standard")
 
@@ -179,6 +180,12 @@ def rcda_map(attn_row: Tensor, attn_col: Tensor) -> Tensor:
 # --- encoder and decoder layers --------------------------------------------------------------
 
 
+def pixel_attention(cfg: TransformerConfig, attention: str) -> nn.Module:
+    """The attention that reads the pixels: RCDA, or multi-head attention over all H·W of them."""
+    cls = RowColumnAttention if attention == "rcda" else MultiHeadAttention
+    return cls(cfg.d_model, cfg.num_heads, cfg.dropout)
+
+
 class PixelPositions(NamedTuple):
     """The pixels' positional encodings of a feature map: with RCDA row (B, W, C) g_1D of each
     column's x and col (B, H, C) g_1D of each row's y; with standard attention pos_2d (B, H, W, C)
@@ -197,7 +204,7 @@ class AnchorEncoderLayer(nn.Module):
         super().__init__()
         c, p = cfg.d_model, cfg.dropout
         self.rcda = attention == "rcda"
-        self.self_attn = RowColumnAttention(c, cfg.num_heads, p) if self.rcda else MultiHeadAttention(c, cfg.num_heads, p)
+        self.self_attn = pixel_attention(cfg, attention)
         self.ffn = FFN(c, cfg.dim_feedforward, p)
         self.norm1, self.norm2 = nn.LayerNorm(c), nn.LayerNorm(c)
         self.dropout1, self.dropout2 = nn.Dropout(p), nn.Dropout(p)
@@ -207,7 +214,9 @@ class AnchorEncoderLayer(nn.Module):
         if self.rcda:
             src_x = src + pos.row[:, None]  # (B, H, W, C): feature + the column's x encoding
             src_y = src + pos.col[:, :, None]  # (B, H, W, C): feature + the row's y encoding
-            r = self.self_attn(src_x.flatten(1, 2), src_y.flatten(1, 2), src_x, src_y, src, mask, need_weights)
+            # every pixel is a query: its row query carries its x, its column query its y
+            r = self.self_attn(src_x.flatten(1, 2), src_y.flatten(1, 2), src_x, src_y, src, mask,
+                               need_weights)  # out (B, N, C), maps (B, M, N, W), (B, M, N, H)
             return rearrange(r.out, "b (h w) c -> b h w c", h=h), (r.attn_row, r.attn_col)  # (B, H, W, C)
         qk = (src + pos.pos_2d).flatten(1, 2)  # (B, N, C)
         out, attn = self.self_attn(qk, qk, src.flatten(1, 2), mask.flatten(1), need_weights=need_weights)  # (B, N, C)
@@ -230,7 +239,7 @@ class AnchorDecoderLayer(nn.Module):
         c, p = cfg.d_model, cfg.dropout
         self.rcda = attention == "rcda"
         self.self_attn = MultiHeadAttention(c, cfg.num_heads, p)
-        self.cross_attn = RowColumnAttention(c, cfg.num_heads, p) if self.rcda else MultiHeadAttention(c, cfg.num_heads, p)
+        self.cross_attn = pixel_attention(cfg, attention)
         self.ffn = FFN(c, cfg.dim_feedforward, p)
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(c) for _ in range(3))
         self.dropout1, self.dropout2, self.dropout3 = (nn.Dropout(p) for _ in range(3))
@@ -239,10 +248,10 @@ class AnchorDecoderLayer(nn.Module):
               need_weights: bool) -> tuple[Tensor, tuple]:
         if self.rcda:
             r = self.cross_attn(tgt + qpos.x, tgt + qpos.y, memory + pos.row[:, None], memory + pos.col[:, :, None],
-                                memory, mask, need_weights)  # (B, Q, C)
+                                memory, mask, need_weights)  # out (B, Q, C), maps (B, M, Q, W), (B, M, Q, H)
             return r.out, (r.attn_row, r.attn_col)
         out, attn = self.cross_attn(tgt + qpos.pos_2d, (memory + pos.pos_2d).flatten(1, 2), memory.flatten(1, 2),
-                                    mask.flatten(1), need_weights=need_weights)  # (B, Q, C)
+                                    mask.flatten(1), need_weights=need_weights)  # (B, Q, C), (B, M, Q, N)
         return out, (attn,)
 
     def forward(self, tgt: Tensor, qpos: "QueryPositions", memory: Tensor, pos: PixelPositions, mask: Tensor,
@@ -394,5 +403,5 @@ def anchor_detr_r50() -> AnchorDETRConfig:
 def anchor_detr_tiny() -> AnchorDETRConfig:
     """CPU scale on shapes, with detr_tiny's backbone and transformer (C=128, 3+3 layers, FFN 512,
     no dropout) and 9 anchor points × 3 patterns = 27 queries (detr_tiny: 25)."""
-    return AnchorDETRConfig(num_classes=6, num_anchor_points=9, num_patterns=3, backbone=tiny_backbone("layer3"),
-                            transformer=tiny_transformer())
+    sizes = {k: v for k, v in detr_tiny_sizes().items() if k != "num_queries"}  # Q comes from points × patterns
+    return AnchorDETRConfig(num_anchor_points=9, num_patterns=3, **sizes)
