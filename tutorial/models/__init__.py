@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from . import conditional_detr, dab_detr, deformable_detr, dense_detector, detr, dino, dn_detr, rt_detr
-from . import efficient_detr, lite_detr, mamba_detector, sparse_detr
+from . import anchor_detr, efficient_detr, lite_detr, mamba_detector, sparse_detr
 from ..errors import ConfigError, UnknownModelError
 
 PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
@@ -29,6 +29,8 @@ PRESETS: dict[str, tuple[type[nn.Module], Any]] = {
     "conditional_detr_tiny": (conditional_detr.ConditionalDETR, conditional_detr.conditional_detr_tiny),
     "dab_detr_r50": (dab_detr.DABDETR, dab_detr.dab_detr_r50),
     "dab_detr_tiny": (dab_detr.DABDETR, dab_detr.dab_detr_tiny),
+    "anchor_detr_r50": (anchor_detr.AnchorDETR, anchor_detr.anchor_detr_r50),
+    "anchor_detr_tiny": (anchor_detr.AnchorDETR, anchor_detr.anchor_detr_tiny),
     "dn_detr_r50": (dn_detr.DNDETR, dn_detr.dn_detr_r50),
     "dn_detr_tiny": (dn_detr.DNDETR, dn_detr.dn_detr_tiny),
     "sparse_detr_r50": (sparse_detr.SparseDETR, sparse_detr.sparse_detr_r50),
