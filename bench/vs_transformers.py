@@ -211,7 +211,8 @@ def variant_pairs(names, channels_last: bool) -> dict[str, tuple[str, str]]:
     pairs = {"fp32": ("ours fp32", "hf fp32"), "bf16": ("ours bf16", "hf bf16"),
              "ours bf16 / hf fp32": ("ours bf16", "hf fp32")}
     if channels_last:
-        pairs.update({"fp32 channels-last": ("ours fp32 cl", "hf fp32"), "bf16 channels-last": ("ours bf16 cl", "hf bf16")})
+        pairs.update({"fp32 channels-last": ("ours fp32 cl", "hf fp32"), "bf16 channels-last": ("ours bf16 cl", "hf bf16"),
+                      "ours bf16 channels-last / hf fp32": ("ours bf16 cl", "hf fp32")})
     return {k: v for k, v in pairs.items() if v[0] in names and v[1] in names}
 
 

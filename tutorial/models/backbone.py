@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet
-from torchvision.ops.misc import FrozenBatchNorm2d
 
+from ..ops.frozen_norm import FrozenBatchNorm2d
 from ..training.pretrain import resolve_weights
 
 LAYERS = ("layer1", "layer2", "layer3", "layer4")

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .backbone import feature_mask
+from ..ops.frozen_norm import FrozenBatchNorm2d
 from ..training.pretrain import resolve_weights
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
