@@ -117,6 +117,18 @@ class SetCriterion(nn.Module):
     def weighted_sum(self, terms: dict[str, Tensor]) -> Tensor:
         return sum(getattr(self.weights, name) * value for name, value in terms.items())
 
+    def add_terms(self, losses: dict[str, Tensor], terms: dict[str, Tensor], suffix: str) -> dict[str, Tensor]:
+        """Adds the weighted sum of `terms` to losses["loss"] and records each term as `<name><suffix>`."""
+        losses["loss"] = losses["loss"] + self.weighted_sum(terms)
+        losses.update({f"{name}{suffix}": value for name, value in terms.items()})
+        return losses
+
+    def add_set_loss(self, losses: dict[str, Tensor], part: dict, targets: list[dict], suffix: str) -> dict[str, Tensor]:
+        """The Hungarian loss of one more prediction set (two-stage proposals, DINO's intermediate
+        outputs, Efficient DETR's dense part, Sparse DETR's encoder layers), added by `add_terms`."""
+        num_boxes = num_boxes_across_processes(targets, part["pred_logits"].device)
+        return self.add_terms(losses, self.layer_loss(part, targets, num_boxes), suffix)
+
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         num_boxes = num_boxes_across_processes(targets, outputs["pred_logits"].device)
         losses = self.layer_loss(outputs, targets, num_boxes)

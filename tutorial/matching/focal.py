@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
-from .criterion import LossWeights, SetCriterion, matched_pairs, num_boxes_across_processes
+from .criterion import LossWeights, SetCriterion, matched_pairs
 from .matcher import HungarianMatcher, MatcherWeights
 
 
@@ -71,10 +71,7 @@ class FocalSetCriterion(SetCriterion):
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         losses = super().forward(outputs, targets)
         if "enc_outputs" in outputs:  # two-stage: proposals are trained class-agnostically (by default)
-            num_boxes = num_boxes_across_processes(targets, outputs["pred_logits"].device)
             if self.class_agnostic_enc:
                 targets = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
-            terms = self.layer_loss(outputs["enc_outputs"], targets, num_boxes)
-            losses["loss"] = losses["loss"] + self.weighted_sum(terms)
-            losses.update({f"{k}_enc": v for k, v in terms.items()})
+            self.add_set_loss(losses, outputs["enc_outputs"], targets, "_enc")
         return losses

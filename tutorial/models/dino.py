@@ -59,7 +59,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert
 
 from .backbone import BackboneConfig, tiny_backbone
-from ..matching.criterion import LossWeights, box_losses, num_boxes_across_processes
+from ..matching.criterion import LossWeights, box_losses
 from ..matching.focal import focal_class_loss, focal_matcher
 from ..ops.deformable_attention import MSDeformAttn
 from .deformable_transformer import DeformableDecoderLayer, DeformableEncoder, DeformableTransformerConfig
@@ -211,10 +211,7 @@ class DINOCriterion(DNCriterion):
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         losses = super().forward(outputs, targets)
         if "interm_outputs" in outputs:
-            num_boxes = num_boxes_across_processes(targets, outputs["pred_logits"].device)
-            terms = self.layer_loss(outputs["interm_outputs"], targets, num_boxes)
-            losses["loss"] = losses["loss"] + self.weighted_sum(terms)
-            losses.update({f"{k}_interm": v for k, v in terms.items()})
+            self.add_set_loss(losses, outputs["interm_outputs"], targets, "_interm")
         return losses
 
 

@@ -220,8 +220,7 @@ class DNCriterion(FocalSetCriterion):
             else:
                 layer = lid - num_layers + len(dn["pred_logits"])  # the last num_layers layers
                 terms = self.denoising_terms(dn["pred_logits"][layer], dn["pred_boxes"][layer], dn, targets)
-            losses["loss"] = losses["loss"] + self.weighted_sum(terms)
-            losses.update({f"{name}{suffix}": value for name, value in terms.items()})
+            self.add_terms(losses, terms, suffix)
         return losses
 
     def denoising_terms(self, pred_logits: Tensor, pred_boxes: Tensor, dn: dict, targets: list[dict]) -> dict:

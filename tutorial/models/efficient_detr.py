@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..matching.criterion import LossWeights, num_boxes_across_processes
+from ..matching.criterion import LossWeights
 from ..matching.focal import FocalSetCriterion, focal_matcher
 from ..matching.matcher import MatcherWeights
 from ..ops.mlp import MLP
@@ -76,10 +76,7 @@ class EfficientDETRCriterion(FocalSetCriterion):
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         losses = super().forward(outputs, targets)
         if "dense_outputs" in outputs:
-            num_boxes = num_boxes_across_processes(targets, outputs["pred_logits"].device)
-            terms = self.layer_loss(outputs["dense_outputs"], targets, num_boxes)
-            losses["loss"] = losses["loss"] + self.weighted_sum(terms)
-            losses.update({f"{k}_dense": v for k, v in terms.items()})
+            self.add_set_loss(losses, outputs["dense_outputs"], targets, "_dense")
         return losses
 
 

@@ -49,7 +49,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..matching.criterion import num_boxes_across_processes
 from ..matching.focal import FocalSetCriterion, focal_matcher
 from .backbone import tiny_backbone
 from .deformable_detr import DeformableDETR, DeformableDETRConfig
@@ -211,11 +210,8 @@ class SparseDETRCriterion(FocalSetCriterion):
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         losses = super().forward(outputs, targets)
-        num_boxes = num_boxes_across_processes(targets, outputs["pred_logits"].device)
         for i, aux in enumerate(outputs.get("aux_outputs_enc", [])):
-            terms = self.layer_loss(aux, targets, num_boxes)
-            losses["loss"] = losses["loss"] + self.weighted_sum(terms)
-            losses.update({f"{k}_enc_{i}": v for k, v in terms.items()})
+            self.add_set_loss(losses, aux, targets, f"_enc_{i}")
         losses["loss_dam"] = dam_loss(outputs, self.pixel_centres)
         losses["loss"] = losses["loss"] + self.dam_loss_weight * losses["loss_dam"]
         return losses
