@@ -50,9 +50,9 @@ def test_shipped_checkpoint_reproduces_its_metrics(manifest):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["detr_tiny", "rtdetr_tiny"])
 def test_bf16_inference_keeps_the_detections_and_ap(name):
-    """`eval --amp bf16` (issue: bf16 for inference): the shipped model's post-processed scores and
-    boxes under bfloat16 autocast stay close to float32's on a val batch, and val AP on 160 images
-    stays within 1.5 points (measured on the full 500: rtdetr_tiny 51.04 fp32, 51.08 bf16)."""
+    """`eval --amp bf16` (issue: bf16 for inference): the shipped model's confident detections
+    (score > 0.5) under bfloat16 autocast stay close to float32's on a val batch, and val AP on 160 images
+    stays within 1.5 points (measured on the full 500: rtdetr_tiny 51.04 fp32, 51.05 bf16)."""
     from tutorial.data.dataset import collate
     from tutorial.training.evaluate import detect
 
@@ -63,12 +63,18 @@ def test_bf16_inference_keeps_the_detections_and_ap(name):
     images, mask, targets = collate([val[i] for i in range(8)])
     sizes = torch.stack([t["orig_size"] for t in targets])  # (8, 2)
     fp32, bf16 = (detect(model, images, mask, sizes, amp=amp) for amp in ("fp32", "bf16"))
+    checked = 0
     for a, b in zip(fp32, bf16):
         assert b["scores"].dtype == torch.float32
-        top = a["scores"].argsort(descending=True)[:5]  # the confident detections, matched by query
-        if a["boxes"].shape == b["boxes"].shape:  # one row per query (DETR-style post-processing)
-            assert (a["scores"][top] - b["scores"][top]).abs().max() < 0.05
-            assert (a["boxes"][top] - b["boxes"][top]).abs().max() < 3.0  # pixels of a 160-px image
+        for i in (a["scores"] > 0.5).nonzero().flatten().tolist():  # the confident fp32 detections
+            checked += 1
+            # its bf16 twin: the same label, the nearest box (top-k post-processing orders by score,
+            # so two near-equal scores may swap rows)
+            same = (b["labels"] == a["labels"][i]).nonzero().flatten()  # (D',)
+            dist = (b["boxes"][same] - a["boxes"][i]).abs().amax(-1)  # (D',) pixels of a 160-px image
+            j = same[dist.argmin()]
+            assert dist.min() < 3.0 and (a["scores"][i] - b["scores"][j]).abs() < 0.05
+    assert checked >= 8  # a few confident detections per image were compared
     subset = torch.utils.data.Subset(val, range(160))
     ap = {amp: evaluate(model, subset, progress=False, amp=amp)["AP"] for amp in ("fp32", "bf16")}
     assert abs(ap["fp32"] - ap["bf16"]) < 0.015, ap

@@ -144,3 +144,14 @@ def test_bf16_warning_only_without_a_bf16_unit(tmp_path):
     assert bf16_warning("cpu", {"amx_bf16"}) is None
     assert bf16_warning("cuda", {"avx2"}) is None
     assert bf16_warning("cpu", set()) is None  # flags unknown: no claim either way
+
+
+def test_bf16_input_layout_is_channels_last_and_fp32_unchanged():
+    """`amp.input_layout`: bf16 runs get NHWC images (oneDNN's fast bf16 convolutions), the same values;
+    float32 runs get the very tensor they passed."""
+    from tutorial.training.amp import input_layout
+
+    images = torch.randn(2, 3, 8, 10)
+    assert input_layout(images, "fp32") is images
+    nhwc = input_layout(images, "bf16")
+    assert nhwc.is_contiguous(memory_format=torch.channels_last) and torch.equal(nhwc, images)

@@ -28,6 +28,14 @@ def autocast(device: torch.device | str, amp: str) -> contextlib.AbstractContext
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp == "bf16")
 
 
+def input_layout(images: torch.Tensor, amp: str) -> torch.Tensor:
+    """Images (B, 3, H, W) in channels-last memory under bf16, unchanged in float32. oneDNN's fast bf16
+    convolutions work in NHWC; measured on one AMX core: `detr_r50` bf16 inference at 800 x 1216 2.31 s
+    (NCHW) -> 0.74 s, `rtdetr_r50` at 640 x 640 1.17 -> 0.38 s, a `dn_detr_tiny` bf16 training step
+    45 -> 54 images/s. (Converting the model's weights too gained nothing more.)"""
+    return images.contiguous(memory_format=torch.channels_last) if amp == "bf16" else images
+
+
 def to_float(x):
     """Floating-point tensors inside nested dicts/lists/tuples, cast to float32 (after autocast)."""
     if torch.is_tensor(x):

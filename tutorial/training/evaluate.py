@@ -15,7 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.dataset import DetectionDataset, collate
-from .amp import autocast, to_float
+from .amp import autocast, input_layout, to_float
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -49,7 +49,7 @@ def detect(model: nn.Module, images: torch.Tensor, mask: torch.Tensor, sizes: to
     (B, 2) = (h, w), "scores" (D,), "labels" (D,)}. Shared by evaluation and `tutorial.predict`.
     `amp="bf16"`: the forward under bfloat16 autocast; post-processing sees float32."""
     with autocast(device, amp):
-        outputs = model(images.to(device), mask.to(device))
+        outputs = model(input_layout(images.to(device), amp), mask.to(device))
     return model.postprocess(to_float(outputs), sizes.to(device), **(postprocess_kwargs or {}))
 
 

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .amp import autocast, bf16_warning, to_float
+from .amp import autocast, bf16_warning, input_layout, to_float
 from .checkpoint import CheckpointError, config_differences, load_checkpoint, save_atomic, saved_config
 from ..data.dataset import DetectionDataset, collate
 from .distributed import all_reduce_mean, barrier, broadcast_buffers, init_distributed, is_main
@@ -114,7 +114,7 @@ def train_one_epoch(model, criterion, loader, optimizer, scheduler, cfg: TrainCo
     sums: dict[str, float] = {}
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not (cfg.progress and is_main()), leave=False)
     for it, (images, mask, targets) in enumerate(bar):
-        images, mask = images.to(device), mask.to(device)
+        images, mask = input_layout(images.to(device), cfg.amp), mask.to(device)
         targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
         with autocast(device, cfg.amp):
             outputs = model(images, mask, targets=targets) if uses_targets else model(images, mask)
