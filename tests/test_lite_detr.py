@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import tutorial
+from tutorial.checks.deformable_attention import bilinear_pixel_loop
 from tutorial.models.lite_detr import LiteDINOConfig, LiteEncoder, encoder_schedule
 from tutorial.models.transformer import tiny_transformer
 from tutorial.models.deformable_transformer import DeformableTransformerConfig
@@ -44,20 +45,6 @@ def test_lite_dino_4scale_r50_parameter_count_equals_official():
 # --- key-aware deformable attention against a loop -------------------------------------------------
 
 
-def bilinear_loop(feature: torch.Tensor, x: float, y: float) -> torch.Tensor:
-    """feature (H, W, d) at normalised (x, y), pixel centres at (i + 0.5) / size, zero outside:
-    the four corners one by one."""
-    h, w, d = feature.shape
-    px, py = x * w - 0.5, y * h - 0.5
-    x0, y0 = math.floor(px), math.floor(py)
-    out = torch.zeros(d, dtype=feature.dtype)
-    for xi in (x0, x0 + 1):
-        for yi in (y0, y0 + 1):
-            if 0 <= xi < w and 0 <= yi < h:
-                out = out + (1 - abs(px - xi)) * (1 - abs(py - yi)) * feature[yi, xi]
-    return out
-
-
 def kda_loop(query, value, key, shapes, locations):
     """query (B, Q, M, d), value and key (B, N, M, d), locations (B, Q, M, L, P, 2) -> out (B, Q, M·d),
     weights (B, Q, M, L, P): per query and head, sample every key and value, softmax of q·k/√d."""
@@ -73,8 +60,8 @@ def kda_loop(query, value, key, shapes, locations):
                 for lvl, (h, w) in enumerate(shapes):
                     for p in range(locations.shape[4]):
                         x, y = locations[b, q, m, lvl, p].tolist()
-                        keys.append(bilinear_loop(levels_k[lvl][b, :, m].view(h, w, d), x, y))
-                        vals.append(bilinear_loop(levels_v[lvl][b, :, m].view(h, w, d), x, y))
+                        keys.append(bilinear_pixel_loop(levels_k[lvl][b, :, m].view(h, w, d).permute(2, 0, 1), x, y))
+                        vals.append(bilinear_pixel_loop(levels_v[lvl][b, :, m].view(h, w, d).permute(2, 0, 1), x, y))
                 logits = torch.stack([(query[b, q, m] * k).sum() / math.sqrt(d) for k in keys])
                 a = logits.exp() / logits.exp().sum()
                 out[b, q, m] = sum(ai * v for ai, v in zip(a, vals))

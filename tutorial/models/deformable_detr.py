@@ -28,12 +28,12 @@ from torch import Tensor, nn
 from .backbone import BackboneConfig, tiny_backbone
 from ..matching.criterion import LossWeights
 from ..matching.focal import FocalSetCriterion, focal_matcher
-from .deformable_transformer import (DeformableDecoder, DeformableEncoder, DeformableTransformerConfig,
+from .deformable_transformer import (DeformableTransformerConfig,
                                      encoder_proposals, proposal_position_encoding)
 from .heads import init_focal_head, inverse_sigmoid, topk_detections, zero_box_head
 from ..matching.matcher import MatcherWeights
 from ..ops.mlp import MLP
-from .multiscale import flatten_levels, level_positions, multiscale_front_end
+from .multiscale import deformable_body, flatten_levels, level_positions
 from .transformer import tiny_transformer
 
 
@@ -65,11 +65,8 @@ class DeformableDETR(nn.Module):
         self.cfg = cfg
         tc = cfg.transformer
         c = tc.d_model
-        self.backbone, self.input_proj, self.position_encoding, self.level_embed = multiscale_front_end(
-            cfg.backbone, c, tc.num_levels, offset=-0.5)
-        nn.init.normal_(self.level_embed)
-        self.encoder = DeformableEncoder(tc)
-        self.decoder = DeformableDecoder(tc)
+        (self.backbone, self.input_proj, self.position_encoding, self.level_embed, self.encoder,
+         self.decoder) = deformable_body(cfg.backbone, tc)
         num_pred = tc.num_decoder_layers + (1 if cfg.two_stage else 0)  # +1: the encoder's proposal head
         class_embed, bbox_embed = init_focal_head(nn.Linear(c, cfg.num_classes)), zero_box_head(MLP(c, c, 4, 3))
         if cfg.with_box_refine:  # one head per decoder layer; the decoder uses them to refine

@@ -42,10 +42,10 @@ from ..matching.focal import FocalSetCriterion, focal_matcher
 from ..matching.matcher import MatcherWeights
 from ..ops.mlp import MLP
 from .backbone import BackboneConfig, tiny_backbone
-from .deformable_transformer import (DeformableDecoder, DeformableEncoder, DeformableTransformerConfig,
+from .deformable_transformer import (DeformableTransformerConfig,
                                      encoder_proposals, proposal_position_encoding)
 from .heads import init_focal_head, inverse_sigmoid, topk_detections, zero_box_head
-from .multiscale import flatten_levels, level_positions, multiscale_front_end
+from .multiscale import deformable_body, flatten_levels, level_positions
 from .query_selection import select_top_k
 from .transformer import tiny_transformer
 
@@ -96,11 +96,8 @@ class EfficientDETR(nn.Module):
         self.cfg = cfg
         tc = cfg.transformer
         c = tc.d_model
-        self.backbone, self.input_proj, self.position_encoding, self.level_embed = multiscale_front_end(
-            cfg.backbone, c, tc.num_levels, offset=-0.5)
-        nn.init.normal_(self.level_embed)
-        self.encoder = DeformableEncoder(tc)
-        self.decoder = DeformableDecoder(tc)
+        (self.backbone, self.input_proj, self.position_encoding, self.level_embed, self.encoder,
+         self.decoder) = deformable_body(cfg.backbone, tc)
         heads = 1 if cfg.share_heads else 2  # [0]: sparse part (all decoder layers), [-1]: dense part
         self.class_embed = nn.ModuleList(init_focal_head(nn.Linear(c, cfg.num_classes)) for _ in range(heads))
         self.bbox_embed = nn.ModuleList(zero_box_head(MLP(c, c, 4, 3)) for _ in range(heads))  # Δ = 0: boxes = anchors

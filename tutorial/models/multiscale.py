@@ -18,7 +18,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .backbone import Backbone, BackboneConfig, feature_mask
-from .deformable_transformer import valid_ratios
+from .deformable_transformer import DeformableDecoder, DeformableEncoder, DeformableTransformerConfig, valid_ratios
 from ..ops.position_encoding import SinePositionEncoding
 
 
@@ -61,6 +61,16 @@ def multiscale_front_end(backbone: BackboneConfig, d_model: int, num_levels: int
     proj = MultiScaleProjection(net.num_channels, d_model, num_levels)
     position = SinePositionEncoding(d_model // 2, temperature, offset=offset)
     return net, proj, position, nn.Parameter(torch.empty(num_levels, d_model))
+
+
+def deformable_body(backbone: BackboneConfig, tc: DeformableTransformerConfig) -> tuple[
+        Backbone, MultiScaleProjection, SinePositionEncoding, nn.Parameter, DeformableEncoder, DeformableDecoder]:
+    """Deformable DETR's body, shared by the models built on it without its heads (Efficient DETR):
+    the front end of `multiscale_front_end` (sine offset -0.5, level embeddings drawn from N(0, 1) at
+    once), then the deformable encoder and decoder, built in that order (the parameters' init order)."""
+    net, proj, position, level_embed = multiscale_front_end(backbone, tc.d_model, tc.num_levels, offset=-0.5)
+    nn.init.normal_(level_embed)
+    return net, proj, position, level_embed, DeformableEncoder(tc), DeformableDecoder(tc)
 
 
 def flatten_levels(levels: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, list[tuple[int, int]], Tensor]:
