@@ -232,15 +232,32 @@ def test_scan_chunk_geometry_does_not_change_the_result(cpu_ops):
 
 # ---- backends -------------------------------------------------------------------------------------------
 
-def test_auto_on_cpu_tensors_runs_the_reference():
+def test_auto_on_cpu_tensors_runs_the_cpu_deform_kernel_and_the_scan_reference(cpu_ops):
     value, shapes, loc, w = deform_problem()
-    assert kernels.resolve_backend("auto", value, loc, w) == "reference"
+    assert kernels.resolve_backend("auto", value, loc, w, cpu=True) == "cpu"
     out = kernels.ms_deform_attn(value, shapes, loc, w)
-    assert kernels.last_backend("ms_deform_attn") == "reference"
-    assert torch.equal(out, ms_deform_attn_core(value, shapes, loc, w))
+    assert kernels.last_backend("ms_deform_attn") == "cpu"
+    assert max_diff(out, ms_deform_attn_core(value, shapes, loc, w)) < 1e-10
     args = scan_problem()
     kernels.selective_scan(**args, delta_softplus=True)
     assert kernels.last_backend("selective_scan") == "reference"
+
+
+def test_auto_runs_the_reference_when_told(monkeypatch):
+    value, shapes, loc, w = deform_problem()
+    monkeypatch.setenv("TUTORIAL_KERNELS", "reference")
+    out = kernels.ms_deform_attn(value, shapes, loc, w)
+    assert kernels.last_backend("ms_deform_attn") == "reference"
+    assert torch.equal(out, ms_deform_attn_core(value, shapes, loc, w))
+
+
+def test_auto_runs_bf16_through_the_kernel_in_float32(cpu_ops):
+    value, shapes, loc, w = deform_problem()
+    half = [t.to(torch.bfloat16) for t in (value, loc, w)]
+    out = kernels.ms_deform_attn(half[0], shapes, half[1], half[2])
+    assert kernels.last_backend("ms_deform_attn") == "cpu" and out.dtype == torch.bfloat16
+    expected = ms_deform_attn_core(*(t.double() for t in half[:1]), shapes, *(t.double() for t in half[1:]))
+    assert max_diff(out.double(), expected) < 2e-2  # only bf16's rounding of the result
 
 
 def test_backend_errors_name_the_problem(cpu_ops):

@@ -19,7 +19,9 @@ Three implementations of the sampling core, all with the official conventions (p
 - `ms_deform_attn_core`: the official pure-PyTorch reference, one `F.grid_sample` per level;
 - `ms_deform_attn_explicit`: the same computed by gathering the four bilinear corners
   (`bilinear_sample`), the oracle the tests compare with;
-- a CUDA kernel (`tutorial/ops/cuda/`), checked against both.
+- the compiled kernels (`tutorial/ops/cuda/`: CUDA, and a CPU twin of the same math), checked
+  against both. `MSDeformAttn` uses them by default (`ms_deform_attn_auto`) where they build;
+  pass `core=ms_deform_attn_core` to run the reference.
 
 Glossary (official code's names in brackets): B batch [N], Q queries [Len_q], N value tokens
 Σ_l H_l·W_l [Len_in], M heads, L levels, P points per level [n_points, the seed's K], d channels
@@ -117,6 +119,16 @@ def ms_deform_attn_explicit(value: Tensor, spatial_shapes: list[tuple[int, int]]
     return rearrange(out, "(b m) d q -> b q (m d)", b=b, m=m)  # (B, Q, M·d)
 
 
+def ms_deform_attn_auto(value: Tensor, spatial_shapes: list[tuple[int, int]], sampling_locations: Tensor,
+                        attention_weights: Tensor) -> Tensor:
+    """`MSDeformAttn`'s default core: `tutorial.ops.kernels.ms_deform_attn` with backend "auto", the
+    compiled kernel for these tensors (CPU or CUDA) when it builds, else `ms_deform_attn_core`.
+    Same arguments and result as `ms_deform_attn_core`."""
+    from .kernels import ms_deform_attn
+
+    return ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights, backend="auto")
+
+
 class MSDeformAttn(nn.Module):
     """Multi-scale deformable attention (Eq. 3) with the official parameterisation and initialisation.
 
@@ -127,11 +139,11 @@ class MSDeformAttn(nn.Module):
     """
 
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4,
-                 core=ms_deform_attn_core):
+                 core=ms_deform_attn_auto):
         super().__init__()
         assert d_model % n_heads == 0, f"d_model {d_model} is not divisible by n_heads {n_heads}"
         self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
-        self.core = core  # the sampling implementation (the CUDA kernel plugs in here)
+        self.core = core  # the sampling implementation: the kernels when they build, `ms_deform_attn_core` to teach
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)  # Δp_mlqk from z_q
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)  # A_mlqk from z_q
         self.value_proj = nn.Linear(d_model, d_model)  # W'_m, all heads at once
