@@ -30,6 +30,11 @@ def test_matcher_is_optimal_per_image():
         assert abs(cost[src, tgt].sum().item() - brute_force_assignment(cost)) < 1e-9
 
 
+def test_matcher_of_a_batch_without_targets_matches_nothing():
+    logits, boxes, targets = _batch(1, counts=(0, 0))
+    assert [(len(s), len(t)) for s, t in HungarianMatcher()(logits, boxes, targets)] == [(0, 0), (0, 0)]
+
+
 def test_matcher_prefers_the_exact_prediction():
     """A prediction equal to the target with a confident class is matched to it."""
     logits = torch.full((1, 4, 3), -5.0)

@@ -68,14 +68,19 @@ class HungarianMatcher(nn.Module):
     @torch.no_grad()
     def forward(self, pred_logits: Tensor, pred_boxes: Tensor, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
         """pred_logits (B, Q, K+1), pred_boxes (B, Q, 4), targets[b] with "labels" (n_b,) and
-        "boxes" (n_b, 4) -> per image (pred_idx (n_b,), tgt_idx (n_b,))."""
-        indices = []
-        for logits, boxes, t in zip(pred_logits, pred_boxes, targets):
-            if len(t["labels"]) == 0:  # an empty image: everything is matched to "no object"
-                empty = torch.zeros(0, dtype=torch.int64)
-                indices.append((empty, empty))
-                continue
-            cost = self.cost_fn(logits, boxes, t["labels"], t["boxes"],
-                                self.weights.cost_class, self.weights.cost_bbox, self.weights.cost_giou)  # (Q, n)
-            indices.append(hungarian_match(cost))
-        return indices
+        "boxes" (n_b, 4) -> per image (pred_idx (n_b,), tgt_idx (n_b,)).
+
+        One cost matrix for the whole batch (every prediction against every target of every image,
+        as the official matcher computes it), then one Hungarian call per image on its own block;
+        an image without targets matches nothing (all its queries are "no object")."""
+        b, q = pred_logits.shape[:2]
+        sizes = [len(t["labels"]) for t in targets]
+        if sum(sizes) == 0:
+            empty = torch.zeros(0, dtype=torch.int64)
+            return [(empty, empty) for _ in targets]
+        labels = torch.cat([t["labels"] for t in targets])  # (Σn,)
+        boxes = torch.cat([t["boxes"] for t in targets])  # (Σn, 4)
+        cost = self.cost_fn(pred_logits.flatten(0, 1), pred_boxes.flatten(0, 1), labels, boxes,
+                            self.weights.cost_class, self.weights.cost_bbox, self.weights.cost_giou)  # (B·Q, Σn)
+        blocks = cost.view(b, q, -1).cpu().split(sizes, -1)  # B x (B, Q, n_b)
+        return [hungarian_match(block[i]) for i, block in enumerate(blocks)]
