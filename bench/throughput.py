@@ -33,7 +33,8 @@ from tutorial.training.amp import to_float  # noqa: E402
 
 
 TINY = ["detr_tiny", "deformable_detr_tiny", "conditional_detr_tiny", "dab_detr_tiny", "dn_detr_tiny", "dino_tiny",
-        "rtdetr_tiny", "rtdetr_mamba_tiny", "dense_tiny"]
+        "rtdetr_tiny", "rtdetr_mamba_tiny", "dense_tiny", "anchor_detr_tiny", "sparse_detr_tiny", "lite_dino_tiny",
+        "efficient_detr_tiny"]
 
 
 def table(args) -> None:

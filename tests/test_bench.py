@@ -184,3 +184,26 @@ def test_vs_transformers_quick_writes_every_work_item(tmp_path):
     flops = report["flops"]["detr"]
     assert all(flops["flops"][p] > 0 for p in flops["parts"])
     assert all(flops[d]["GFLOPs_per_s"][p] > 0 for d in ("fp32", "bf16") for p in flops["parts"])
+
+
+def test_efficient_bench_counts_the_sampling_and_the_kept_tokens():
+    """bench/efficient_detrs.py: grid_sample counts 8 FLOPs per sampled value (closed form on one
+    deformable attention), and Sparse DETR's encoder costs less the fewer tokens it keeps, down to
+    the same model's full encoder at ρ = 1."""
+    from bench.efficient_detrs import counted_gflops, encoder_cost
+    from tutorial.ops.deformable_attention import MSDeformAttn
+
+    attn = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=3).eval().requires_grad_(False)
+    shapes, q = [(6, 6), (3, 3)], 7
+    value, query = torch.randn(1, 45, 16), torch.randn(1, q, 16)
+    total, _ = counted_gflops(lambda: attn(query, torch.rand(1, q, 2, 2), value, shapes))
+    linear = 2 * (45 * 16 * 16 + q * 16 * (2 * 2 * 3 * 2) + q * 16 * (2 * 2 * 3) + q * 16 * 16)  # projections
+    sampling = 8 * (2 * 8) * q * 3 * 2  # 8 per value: (B·M·d) channels x Q queries x P points x L levels
+    assert round(total * 1e9) == linear + sampling
+    model = tutorial.build_model("sparse_detr_tiny", backbone={"weights": None}).eval()
+    images, mask = torch.rand(1, 3, 64, 64), torch.zeros(1, 64, 64, dtype=torch.bool)
+    costs = []
+    for rho in (0.1, 0.5, 1.0):
+        model.cfg.rho = rho
+        costs.append(encoder_cost(model, images, mask)[0]["encoder_gflops"])
+    assert costs[0] < costs[1] < costs[2]
